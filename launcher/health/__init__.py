@@ -1,0 +1,1 @@
+"""coi.launcher.health"""
