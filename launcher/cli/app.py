@@ -1,0 +1,222 @@
+"""The `coi` command line: parses, calls into the launcher packages, prints.
+
+No logic lives here beyond argument handling and rendering; errors are `CoiError`s rendered
+as one sentence plus a hint, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coi.launcher import __version__
+from coi.launcher.errors import CoiError
+from coi.launcher.health.checks import Status, run_checks
+from coi.launcher.images.build import (
+    DEFAULT_ALIAS,
+    DEFAULT_BASE,
+    BuildRequest,
+    BuildResult,
+    build_image,
+    builtin_script,
+)
+from coi.launcher.incus.client import IncusClient
+from coi.launcher.progress import Progress
+from coi.launcher.session.run import run_command
+from coi.launcher.session.sandbox import SandboxRequest, parse_env
+
+
+class OutputFormat(str, Enum):
+    """Output formats of listing and status commands."""
+
+    text = "text"
+    json = "json"
+
+
+app = typer.Typer(
+    name="coi",
+    help="Run AI coding agents in Incus system containers: the agent may do anything inside "
+    "its sandbox and nothing outside it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=True,
+)
+
+WorkspaceOpt = Annotated[
+    Path,
+    typer.Option(
+        "--workspace", "-w", help="Project directory mounted at /workspace (default: current).",
+        file_okay=True, dir_okay=True,
+    ),
+]
+SlotOpt = Annotated[
+    int,
+    typer.Option("--slot", help="Slot 1..10 for parallel sandboxes of one workspace; 0 = first free."),
+]
+ImageOpt = Annotated[str, typer.Option("--image", help="Image alias to start from.")]
+EnvOpt = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", help="Set KEY=VALUE inside the sandbox (repeatable)."),
+]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Output format.")]
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="Examples:\n\n  coi run -- npm test\n\n  coi run -w ~/src/app -e CI=1 -- make check",
+)
+def run(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command and arguments (after --); default: bash -l.")
+    ] = None,
+    workspace: WorkspaceOpt = Path("."),
+    slot: SlotOpt = 0,
+    persistent: Annotated[
+        bool, typer.Option("--persistent", help="Keep the container after the command.")
+    ] = False,
+    image: ImageOpt = DEFAULT_ALIAS,
+    env: EnvOpt = None,
+    no_wait_network: Annotated[
+        bool, typer.Option("--no-wait-network", help="Do not wait for the container's IPv4 address.")
+    ] = False,
+) -> None:
+    """Run one command in a fresh sandbox and exit with its exit code.
+
+    The workspace is mounted at /workspace; the command runs there as user `code` (uid 1000),
+    and files it creates belong to you on the host. stdout and stderr are streamed separately,
+    stdin is passed through. The container is deleted afterwards, also on Ctrl-C, unless
+    --persistent.
+    """
+    request = SandboxRequest(
+        workspace=workspace,
+        slot=slot,
+        image=image,
+        persistent=persistent,
+        env=parse_env(env or []),
+        wait_for_network=0 if no_wait_network else 20,
+    )
+    client = IncusClient.connect()
+    code = run_command(client, request, command or [], progress=Progress())
+    raise typer.Exit(code)
+
+
+build_app = typer.Typer(
+    help="Build the `coi` sandbox image, or a custom image with `build custom`.",
+    invoke_without_command=True,
+)
+app.add_typer(build_app, name="build")
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild even if the image exists.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show the build script's full output.")
+]
+
+
+def _report_build(result: BuildResult, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.json:
+        print(json.dumps({"alias": result.alias, "fingerprint": result.fingerprint,
+                          "built": result.built, "seconds": round(result.seconds, 1),
+                          "log": result.log_path}))
+    elif result.built:
+        print(f"built image {result.alias} ({result.fingerprint[:12]}) in {result.seconds:.0f} s")
+    else:
+        print(f"image {result.alias} already exists ({result.fingerprint[:12]}); "
+              "use --force to rebuild")
+
+
+@build_app.callback()
+def build(
+    ctx: typer.Context,
+    force: ForceOpt = False,
+    base: Annotated[str, typer.Option("--base", help="Base image alias.")] = DEFAULT_BASE,
+    verbose: VerboseOpt = False,
+    fmt: FormatOpt = OutputFormat.text,
+) -> None:
+    """Build the `coi` image: user `code` (uid 1000, passwordless sudo), tmux, git, Node.js,
+    build tools and the agent CLIs (Claude Code, opencode, Codex).
+
+    A failed or interrupted build leaves no image and no build container behind.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    request = BuildRequest(DEFAULT_ALIAS, base, builtin_script(), "coi.sh", force, verbose)
+    _report_build(build_image(IncusClient.connect(), request, Progress()), fmt)
+
+
+@build_app.command("custom")
+def build_custom(
+    name: Annotated[str, typer.Argument(help="Alias of the new image.")],
+    script: Annotated[
+        Path, typer.Option("--script", help="Shell script run as root in the build container.")
+    ],
+    base: Annotated[str, typer.Option("--base", help="Base image alias.")] = DEFAULT_ALIAS,
+    force: ForceOpt = False,
+    verbose: VerboseOpt = False,
+    fmt: FormatOpt = OutputFormat.text,
+) -> None:
+    """Build a custom image NAME by running SCRIPT (as root) on top of BASE (default `coi`)."""
+    try:
+        text = script.read_text()
+    except OSError as exc:
+        raise CoiError(f"cannot read build script {script}: {exc.strerror}") from exc
+    request = BuildRequest(name, base, text, script.name, force, verbose)
+    _report_build(build_image(IncusClient.connect(), request, Progress()), fmt)
+
+
+@app.command()
+def health(
+    fmt: FormatOpt = OutputFormat.text,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show details.")] = False,
+) -> None:
+    """Check the host: Incus access and version, storage, bridge, image, nftables.
+
+    Exit code: 0 healthy, 1 degraded (warnings), 2 unhealthy.
+    """
+    report = run_checks()
+    if fmt is OutputFormat.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        marks = {Status.OK: "ok  ", Status.WARN: "WARN", Status.FAIL: "FAIL"}
+        for check in report.checks:
+            print(f"[{marks[check.status]}] {check.name:10} {check.message}")
+            if check.hint and check.status is not Status.OK:
+                print(f"       {'':10} fix: {check.hint}")
+            if verbose and check.details:
+                for key, value in check.details.items():
+                    print(f"       {'':10} {key}: {value}")
+        print(report.to_json()["status"])
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def version(fmt: FormatOpt = OutputFormat.text) -> None:
+    """Print the version of coi."""
+    if fmt is OutputFormat.json:
+        print(json.dumps({"version": __version__, "python": sys.version.split()[0]}))
+    else:
+        print(f"coi {__version__}")
+
+
+def _render_error(err: CoiError) -> None:
+    print(f"coi: error: {err}", file=sys.stderr)
+    if err.hint:
+        print(f"coi: hint: {err.hint}", file=sys.stderr)
+
+
+def main() -> None:
+    """Console-script entry point: run the app and map errors to exit codes.
+
+    Typer (standalone mode) handles usage errors (exit 2) and `typer.Exit`; launcher errors
+    arrive here as `CoiError` and become one sentence plus a hint.
+    """
+    try:
+        app()
+    except CoiError as err:
+        _render_error(err)
+        sys.exit(err.exit_code)
