@@ -1,3 +1,3 @@
-"""coi-helper: the minimal privileged helper (varlink IPC, nftables policy, kernel event sources)."""
+"""coi-helper: the minimal privileged helper (varlink IPC, nftables policy, kernel events)."""
 
 __version__ = "0.1.0"

@@ -1,14 +1,242 @@
-"""Entry point of `coi-helper` (stub until the helper lands)."""
+"""Entry point of `coi-helper`.
 
+coi-helper serve [--socket PATH] [--policy PATH] ...   serve (foreground, or socket-activated)
+coi-helper provision-user USER [--subnet CIDR]          prepare an incus-user project (root)
+coi-helper --version
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
 import sys
+from types import FrameType
 
 from coi.helper import __version__
+from coi.helper.authz import Authorizer
+from coi.helper.hardening import HardeningError, cap_names, drop_privileges
+from coi.helper.identity import SO_PEERPIDFD
+from coi.helper.incus import ADMIN_SOCKET, PylxdInstances
+from coi.helper.interface import DEFAULT_SOCKET, Features, check_contract
+from coi.helper.policy import DEFAULT_PATH, PolicyFileError, load_policy
+from coi.helper.polkit import PIDFD_SUBJECT_VERSION, PolkitClient
+from coi.helper.server import Server, ServerLimits
+
+log = logging.getLogger("coi.helper")
+
+SD_LISTEN_FDS_START = 3
 
 
-def main() -> int:
-    """Print the version; the serving code comes with the helper issue."""
-    print(f"coi-helper {__version__}")
+class StartupError(Exception):
+    """The helper cannot start; the message says why and what to do."""
+
+
+def kernel_has_peer_pidfd() -> bool:
+    """True if this kernel hands out pidfds for socket peers (SO_PEERPIDFD, Linux >= 6.5)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        raw = a.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, struct.calcsize("i"))
+        os.close(struct.unpack("i", raw)[0])
+        return True
+    except OSError:
+        return False
+    finally:
+        a.close()
+        b.close()
+
+
+def activated_socket() -> socket.socket | None:
+    """The listening socket passed by systemd socket activation, if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    if os.environ.get("LISTEN_FDS") != "1":
+        raise StartupError("coi-helper expects exactly one socket from systemd (LISTEN_FDS=1)")
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    return socket.socket(fileno=SD_LISTEN_FDS_START)
+
+
+def bind_socket(path: str, mode: int = 0o666) -> socket.socket:
+    """Create the listening socket at `path` (replacing a stale one); mode 0666: authorisation
+    happens per call inside the helper, not by file permissions."""
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartupError(f"{path} exists and is not a socket; remove it or pick another path")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            raise StartupError(f"another helper already serves {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)
+        finally:
+            probe.close()
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o077)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(128)
+    return sock
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the helper until idle or signalled."""
+    from coi.helper.app import HelperApp
+
+    check_contract()
+    try:
+        policy = load_policy(args.policy)
+    except PolicyFileError as exc:
+        raise StartupError(f"{exc}; fix the file or remove it") from exc
+    listener = activated_socket()
+    idle = args.idle_timeout
+    if listener is None:
+        listener = bind_socket(args.socket)
+    elif idle is None:
+        idle = 60.0  # socket-activated: systemd starts us again on the next connection
+    if idle is not None and idle <= 0:
+        idle = None
+
+    polkit: PolkitClient | None = None
+    if not args.no_polkit:
+        polkit = PolkitClient(args.bus, autostart=not args.no_polkit_autostart)
+    polkit_up = polkit is not None and polkit.available()
+    peer_pidfd = kernel_has_peer_pidfd()
+
+    # From here on: CAP_NET_ADMIN only. Everything needing more is done above.
+    try:
+        caps = drop_privileges()
+    except HardeningError as exc:
+        raise StartupError(f"refusing to serve: {exc}") from exc
+
+    features = Features(
+        peer_pidfd=peer_pidfd,
+        polkit=polkit_up,
+        polkit_version=polkit.version_text if polkit is not None else "",
+        polkit_pidfd_subject=polkit_up
+        and polkit is not None
+        and polkit.version >= PIDFD_SUBJECT_VERSION,
+        capabilities=cap_names(caps.effective),
+        no_new_privs=caps.no_new_privs,
+    )
+    app = HelperApp(
+        policy=policy,
+        authorizer=Authorizer(polkit),
+        instances=PylxdInstances(args.incus_socket),
+        features=features,
+        limits=ServerLimits(),
+    )
+    server = Server(listener, app.service(), app.context, app.limits, idle, use_pidfd=peer_pidfd)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "serving on %s (polkit %s, capabilities %s, policy %s)",
+        args.socket,
+        features.polkit_version or "unavailable",
+        ",".join(features.capabilities),
+        policy.path if policy.loaded else "defaults",
+    )
+    print(f"coi-helper ready on {args.socket}", file=sys.stderr, flush=True)
+    server.serve_forever()
+    if polkit is not None:
+        polkit.close()
     return 0
+
+
+def provision(args: argparse.Namespace) -> int:
+    """Provision an incus-user project for a user (see coi.helper.provision)."""
+    from coi.helper.provision import ProvisionError, provision_user, restart_incus_user
+
+    try:
+        result = provision_user(
+            args.user,
+            subnet=args.subnet,
+            pool=args.pool,
+            incus_socket=args.incus_socket,
+        )
+    except ProvisionError as exc:
+        raise StartupError(str(exc)) from exc
+    for line in result.summary():
+        print(line)
+    if args.restart_incus_user and result.changed:
+        print(restart_incus_user())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(prog="coi-helper", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"coi-helper {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve the varlink interface (foreground)")
+    s.add_argument("--socket", default=DEFAULT_SOCKET, help=f"socket (default {DEFAULT_SOCKET})")
+    s.add_argument("--policy", default=DEFAULT_PATH, help=f"admin policy (default {DEFAULT_PATH})")
+    s.add_argument("--incus-socket", default=ADMIN_SOCKET, help="Incus admin socket")
+    s.add_argument(
+        "--bus", default="SYSTEM", help="D-Bus address of polkit's bus (default: the system bus)"
+    )
+    s.add_argument("--no-polkit", action="store_true", help="serve only root (no polkit)")
+    s.add_argument(
+        "--no-polkit-autostart",
+        action="store_true",
+        help="do not let the bus start polkitd on demand (hosts without bus activation)",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="exit after this many idle seconds (default: 60 when socket-activated, else never)",
+    )
+    s.set_defaults(func=serve)
+
+    p = sub.add_parser("provision-user", help="create a user's Incus project, bridge and cert")
+    p.add_argument("user", help="user name or uid")
+    p.add_argument(
+        "--subnet", help="IPv4 gateway address/24 of the user's bridge, e.g. 10.218.7.1/24"
+    )
+    p.add_argument("--pool", default="coi", help="storage pool of the root disk (default coi)")
+    p.add_argument("--incus-socket", default=ADMIN_SOCKET, help="Incus admin socket")
+    p.add_argument(
+        "--no-restart-incus-user",
+        dest="restart_incus_user",
+        action="store_false",
+        help="do not restart incus-user (it reads the project list only at start)",
+    )
+    p.set_defaults(func=provision)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run coi-helper; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="coi-helper: %(levelname)s %(message)s",
+    )
+    try:
+        result: int = args.func(args)
+        return result
+    except StartupError as exc:
+        print(f"coi-helper: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
