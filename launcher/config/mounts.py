@@ -71,7 +71,8 @@ def parse_mount_spec(text: str, *, base: Path | None = None, home: Path | None =
     """Parse ``HOST:CONTAINER`` or ``HOST:CONTAINER:ro`` (``:rw`` is accepted too).
 
     A relative host path is taken relative to `base` (default: the current directory) and a
-    leading ``~`` means `home`. The result is not yet checked; see `validate_mount`.
+    leading ``~`` means `home`. The container path is checked here; the host path is checked
+    by `validate_mount`.
     """
     parts = text.split(":")
     readonly = False
@@ -84,7 +85,7 @@ def parse_mount_spec(text: str, *, base: Path | None = None, home: Path | None =
         )
     return MountSpec(
         host=anchor_host_path(parts[0], base=base, home=home),
-        container=PurePosixPath(parts[1]),
+        container=check_container_path(parts[1]),
         readonly=readonly,
     )
 

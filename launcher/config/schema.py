@@ -223,7 +223,6 @@ def _coerce_record(
             spec = parse_mount_spec(value, base=ctx.base_dir, home=ctx.home)
         except ConfigError as err:
             raise Invalid(path, str(err)) from None
-        _run_check(check_container_path, spec.container, path)
         return spec
     if not isinstance(value, Mapping):
         raise wrong
