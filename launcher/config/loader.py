@@ -28,7 +28,7 @@ from coi.launcher.config.layers import (
     read_file,
 )
 from coi.launcher.config.model import SECTIONS, Config
-from coi.launcher.config.mounts import MountSpec, validate_mount
+from coi.launcher.config.mounts import MountSpec, is_inside, validate_mount
 from coi.launcher.config.schema import (
     CoerceContext,
     Invalid,
@@ -99,7 +99,10 @@ def find_project_file(workspace: Path) -> tuple[Path | None, list[ConfigWarning]
     found = [workspace / p for p in PROJECT_FILES if (workspace / p).is_file()]
     warnings = [
         ConfigWarning(
-            "", Source("project", extra), f"ignored because {found[0].name} takes precedence"
+            "ignored-file",
+            "",
+            Source("project", extra),
+            f"ignored because {found[0].name} takes precedence",
         )
         for extra in found[1:]
     ]
@@ -129,7 +132,9 @@ def _env_layer(env: Mapping[str, str], warnings: list[ConfigWarning]) -> Layer:
         if info is None:
             choices = [f"COI_{k.upper().replace('.', '_')}" for k in fields]
             warnings.append(
-                ConfigWarning(key, source, f"unknown setting, ignored{suggest(name, choices)}")
+                ConfigWarning(
+                    "unknown-env", key, source, f"unknown setting, ignored{suggest(name, choices)}"
+                )
             )
             continue
         try:
@@ -190,6 +195,10 @@ def _key_values(key: str, items: list[Any] | tuple[Any, ...]) -> dict[str, str]:
     return table
 
 
+class ProfileCycleError(ConfigError):
+    """Profiles inherit from each other in a loop."""
+
+
 def profile_chain(profiles: Mapping[str, ProfileDef], name: str) -> list[ProfileDef]:
     """The profiles `name` is built from, base first; cycles and unknown names are errors."""
     chain: list[ProfileDef] = []
@@ -198,7 +207,7 @@ def profile_chain(profiles: Mapping[str, ProfileDef], name: str) -> list[Profile
     while current is not None:
         if current in seen:
             cycle = " -> ".join([*seen[seen.index(current) :], current])
-            raise ConfigError(
+            raise ProfileCycleError(
                 f"profile inheritance cycle: {cycle}",
                 hint="remove one of the `inherits` settings",
             )
@@ -231,16 +240,36 @@ def _build(merged: Mapping[str, Setting]) -> Config:
     return Config(**sections)
 
 
-def _resolve_mounts(merged: dict[str, Setting], home: Path) -> None:
+def _pin_untrusted_mounts(settings: dict[str, Setting], pinned: set[MountSpec]) -> None:
+    """Replace the host paths of untrusted mounts (already checked to lie in the workspace) by
+    their resolved form and remember them, so `_resolve_mounts` can re-check them."""
+    setting = settings.get("mounts.default")
+    if setting is None:
+        return
+    specs = tuple(
+        dataclasses.replace(m, host=Path(os.path.realpath(m.host))) for m in setting.value
+    )
+    pinned.update(specs)
+    settings["mounts.default"] = Setting(specs, setting.source)
+
+
+def _resolve_mounts(
+    merged: dict[str, Setting], home: Path, workspace: Path, pinned: set[MountSpec]
+) -> None:
     setting = merged["mounts.default"]
+    where = setting.source.location() or setting.source.layer
     resolved: list[MountSpec] = []
     for spec in setting.value:
         try:
-            resolved.append(validate_mount(spec, home=home))
+            checked = validate_mount(spec, home=home)
         except ConfigError as err:
+            raise ConfigError(f"{where}: {err}", hint=err.hint) from None
+        # A symlink swapped in the workspace since the trust check must not move the mount out.
+        if spec in pinned and not is_inside(checked.host, workspace):
             raise ConfigError(
-                f"{setting.source.location() or setting.source.layer}: {err}", hint=err.hint
-            ) from None
+                f"{where}: mount source {str(spec.host)!r} changed while the configuration was read"
+            )
+        resolved.append(checked)
     merged["mounts.default"] = Setting(tuple(resolved), setting.source)
 
 
@@ -265,6 +294,7 @@ def load_config(
     warnings: list[ConfigWarning] = []
     merged: dict[str, Setting] = {}
     profiles: dict[str, ProfileDef] = {}
+    pinned: set[MountSpec] = set()  # untrusted mounts, resolved when they were checked
 
     def add(layer: Layer) -> None:
         _apply(merged, layer.settings)
@@ -297,6 +327,20 @@ def load_config(
                 layer.settings, merged, workspace, what=f"project file {project_file.name}"
             )
             warnings += dropped
+            _pin_untrusted_mounts(layer.settings, pinned)
+            # Redefining a profile the user has (e.g. "hardened") would silently drop its
+            # narrowing settings, so an untrusted file may only add new profile names.
+            for name in [n for n in layer.profiles if n in profiles]:
+                shadow = layer.profiles.pop(name)
+                warnings.append(
+                    ConfigWarning(
+                        "untrusted",
+                        f"profiles.{name}",
+                        shadow.source,
+                        f"ignored: the untrusted project file may not redefine the existing "
+                        f'profile "{name}"; run `coi trust` to allow it',
+                    )
+                )
         add(layer)
 
     coi_config = env.get("COI_CONFIG")
@@ -323,11 +367,12 @@ def load_config(
                     what=f'profile "{definition.name}" of the project file',
                 )
                 warnings += dropped
+                _pin_untrusted_mounts(settings, pinned)
             _apply(merged, settings)
 
     _apply(merged, _env_layer(env, warnings).settings)
     _apply(merged, _cli_layer(cli_overrides, merged, paths.home).settings)
-    _resolve_mounts(merged, paths.home)
+    _resolve_mounts(merged, paths.home, workspace, pinned)
     return LoadedConfig(
         config=_build(merged),
         sources={k: s.source for k, s in merged.items()},
@@ -389,13 +434,17 @@ def validate_file(path: Path, *, home: Path | None = None) -> list[ConfigProblem
                         str(err), path=path, line=mounts.source.line, key="mounts.default"
                     )
                 )
+    # Only cycles are checked: an inherited profile may live in another layer or file.
+    known = {**builtin_profiles(), **profiles}
     for name in profiles:
         try:
-            profile_chain({**builtin_profiles(), **profiles}, name)
-        except ConfigError as err:
+            profile_chain(known, name)
+        except ProfileCycleError as err:
             problems.append(
                 ConfigProblem(
                     str(err), path=path, line=profiles[name].source.line, key=f"profiles.{name}"
                 )
             )
+        except ConfigError:
+            continue  # inherits a profile defined in another file
     return problems

@@ -15,24 +15,32 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from coi.launcher.config import values as v
 from coi.launcher.config.layers import Setting, Source
 from coi.launcher.config.mounts import MountSpec, is_inside
 from coi.launcher.errors import ConfigError
 
+WarningKind = Literal["untrusted", "unknown-env", "ignored-file"]
+
 
 @dataclass(frozen=True)
 class ConfigWarning:
-    """Something the user should know about the configuration (printed by the CLI)."""
+    """Something the user should know about the configuration (printed by the CLI).
 
+    `kind` is ``"untrusted"`` (a project setting was dropped), ``"unknown-env"`` (a
+    ``COI_<SECTION>_<KEY>`` variable names no setting) or ``"ignored-file"``.
+    """
+
+    kind: WarningKind
     key: str
     source: Source
     message: str
 
     def __str__(self) -> str:
-        return f"{self.source.location() or self.source.layer}: {self.key}: {self.message}"
+        parts = [self.source.location() or self.source.layer, self.key, self.message]
+        return ": ".join(p for p in parts if p)
 
 
 # --- the trust store --------------------------------------------------------------------
@@ -251,6 +259,7 @@ def filter_untrusted(
             continue
         warnings.append(
             ConfigWarning(
+                "untrusted",
                 key,
                 setting.source,
                 f"ignored from the untrusted {what} because {reason}; "

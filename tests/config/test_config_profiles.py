@@ -128,3 +128,8 @@ def test_profile_values_are_validated_with_lines(layers: Layers) -> None:
     with pytest.raises(ConfigError) as info:
         layers.load()
     assert str(info.value).startswith(f"{path}:3: profiles.p.network.mode: ")
+
+
+def test_validate_file_accepts_a_parent_profile_defined_elsewhere(layers: Layers) -> None:
+    path = layers.write("user", '[profiles.child]\ninherits = "defined-in-system"\n')
+    assert validate_file(path) == []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import typer
-from coi.launcher.config import ConfigPaths, TrustStore
+from coi.launcher.config import ConfigError, ConfigPaths, MountSpec, Source, TrustStore
+from coi.launcher.config.layers import Setting
+from coi.launcher.config.loader import _resolve_mounts
 from coi.launcher.config.trust import file_sha256
 from config_fixtures import Layers
 from typer.testing import CliRunner
@@ -243,3 +245,32 @@ def test_cli_trust_refuses_invalid_files_and_empty_workspaces(
     result = runner.invoke(cli, ["trust"])
     assert result.exit_code == 1 and "invalid" in result.stderr
     assert TrustStore(ConfigPaths.from_env(layers.env).trust_store).entries() == {}
+
+
+def test_untrusted_file_cannot_redefine_an_existing_profile(layers: Layers) -> None:
+    path = layers.write("project", '[profiles.hardened.defaults]\nimage = "mine"\n')
+    loaded = layers.load(profile="hardened")
+    assert loaded.config.network.mode == "allowlist"  # the built-in definition still applies
+    assert loaded.config.defaults.image == "coi"
+    assert [(w.kind, w.key) for w in loaded.warnings] == [("untrusted", "profiles.hardened")]
+    _trust(layers, path)
+    loaded = layers.load(profile="hardened")
+    assert loaded.config.defaults.image == "mine"
+    assert loaded.config.network.mode == "restricted"  # the trusted redefinition replaces it
+
+
+def test_mount_swapped_for_a_symlink_after_the_trust_check_is_refused(layers: Layers) -> None:
+    outside = layers.root / "outside"
+    outside.mkdir()
+    inside = layers.workspace / "data"
+    inside.mkdir()
+    spec = MountSpec(inside, PurePosixPath("/mnt/data"))
+    merged = {"mounts.default": Setting((spec,), Source("project"))}
+    # The agent replaces the checked directory by a symlink before the mount is resolved.
+    inside.rmdir()
+    inside.symlink_to(outside)
+    with pytest.raises(ConfigError, match="changed while the configuration was read"):
+        _resolve_mounts(merged, layers.home, layers.workspace, {spec})
+    # Not pinned (a trusted layer's mount): the outside target is allowed.
+    _resolve_mounts(merged, layers.home, layers.workspace, set())
+    assert merged["mounts.default"].value[0].host == outside
