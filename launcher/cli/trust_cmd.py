@@ -28,7 +28,7 @@ def _project_file(path: Path | None) -> Path:
     """The project file named by `path`, spelled as `load_config` looks it up."""
     target = Path(path or ".")
     if target.is_dir():
-        found, _ = find_project_file(Path(os.path.realpath(target)))
+        found: Path | None = find_project_file(Path(os.path.realpath(target)))[0]
         if found is None:
             raise ConfigError(
                 f"{str(target)!r} has no .coi.toml or .coi/config.toml to trust",

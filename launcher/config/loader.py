@@ -396,7 +396,8 @@ def load_defaults() -> LoadedConfig:
 
 def builtin_profiles() -> Mapping[str, ProfileDef]:
     """The profiles shipped in ``defaults.toml`` (e.g. ``hardened``)."""
-    return _defaults_layer().profiles
+    profiles: Mapping[str, ProfileDef] = _defaults_layer().profiles
+    return profiles
 
 
 def validate_file(path: Path, *, home: Path | None = None) -> list[ConfigProblem]:
