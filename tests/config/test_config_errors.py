@@ -91,19 +91,20 @@ def test_array_of_tables_entries_are_located(layers: Layers) -> None:
 
 
 def test_multiline_string_does_not_confuse_the_line_finder(layers: Layers) -> None:
+    # The string's lines look like a key and a table header; they must not count as such.
     path = layers.write(
         "user",
         '''
         [defaults]
         model = """
-        mode = 1
+        image = 1
+        [limits]
         """
-        [network]
-        mode = 1
+        image = 7
         ''',
     )
     [problem] = _problems(layers)
-    assert problem.startswith(f"{path}:6: network.mode: ")
+    assert problem.startswith(f"{path}:6: defaults.image: ")
 
 
 @pytest.mark.parametrize(
