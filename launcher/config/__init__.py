@@ -5,6 +5,7 @@ returned `LoadedConfig.config` (typed), `.sources` (where each value came from) 
 `.warnings` (to print). Errors are `ConfigError` (from `coi.launcher.errors`).
 """
 
+from coi.launcher.config.flags import flag_overrides
 from coi.launcher.config.layers import ConfigProblem, ConfigValidationError, Source
 from coi.launcher.config.limits import IncusLimits, ResourceLimits, incus_limits, resource_limits
 from coi.launcher.config.loader import (
@@ -35,6 +36,7 @@ __all__ = [
     "Source",
     "TrustStore",
     "find_project_file",
+    "flag_overrides",
     "incus_limits",
     "json_schema",
     "load_config",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from coi.launcher.config import ConfigError, ConfigValidationError, load_defaults
+from coi.launcher.config import ConfigError, ConfigValidationError, flag_overrides, load_defaults
 from coi.launcher.config.schema import all_fields
 from config_fixtures import Layers
 
@@ -195,3 +195,56 @@ def test_paths_come_from_the_environment_not_the_real_host(layers: Layers) -> No
     loaded = layers.load()
     assert loaded.config.audit.retention_days == 7
     assert loaded.sources["audit.retention_days"].path == Path(layers.env["COI_SYSTEM_CONFIG"])
+
+
+def test_flag_overrides_map_every_flag_to_its_key(layers: Layers) -> None:
+    data = layers.root / "data"
+    data.mkdir()
+    overrides = flag_overrides(
+        network="allowlist",
+        ssh_agent=True,
+        forward_env=["LANG,TERM", "EDITOR"],
+        env=["A=1"],
+        mounts=[f"{data}:/mnt/data:ro"],
+        monitor=True,
+        writable_git_hooks=True,
+        persistent=True,
+        tool="aider",
+        image="custom",
+        limit_cpu="2",
+        limit_cpu_allowance="50%",
+        limit_memory="2GiB",
+        limit_memory_swap=False,
+        limit_disk_read="10MiB",
+        limit_disk_write="10MiB",
+        limit_disk_max="20MiB",
+        limit_disk_size="20GiB",
+        limit_processes=100,
+        limit_duration="20s",
+    )
+    assert set(overrides) <= set(all_fields())
+    loaded = layers.load(cli=overrides)
+    cfg = loaded.config
+    assert cfg.network.mode == "allowlist" and cfg.ssh.forward_agent
+    assert cfg.env.forward == ("LANG", "TERM", "EDITOR") and dict(cfg.env.set) == {"A": "1"}
+    assert cfg.mounts.default[0].readonly and cfg.monitoring.enabled
+    assert cfg.security.writable_git_hooks and cfg.defaults.persistent
+    assert (cfg.tool.name, cfg.defaults.image) == ("aider", "custom")
+    assert (cfg.limits.duration, cfg.limits.processes, cfg.limits.memory_swap) == (
+        "20s",
+        100,
+        False,
+    )
+    assert all(loaded.sources[k].layer == "cli" for k in overrides)
+
+
+def test_flags_not_given_leave_the_files_alone(layers: Layers) -> None:
+    layers.write("user", '[ssh]\nforward_agent = true\n[network]\nmode = "open"\n')
+    assert flag_overrides() == {}
+    cfg = layers.load(cli=flag_overrides(ssh_agent=False)).config
+    assert cfg.ssh.forward_agent and cfg.network.mode == "open"
+
+
+def test_bad_flag_value_is_one_sentence(layers: Layers) -> None:
+    with pytest.raises(ConfigError, match=r"^limits\.duration: '20 seconds' is not a duration"):
+        layers.load(cli=flag_overrides(limit_duration="20 seconds"))
