@@ -273,6 +273,70 @@ def _resolve_mounts(
     merged["mounts.default"] = Setting(tuple(resolved), setting.source)
 
 
+def _project_layer(
+    project_file: Path,
+    workspace: Path,
+    paths: ConfigPaths,
+    merged: Mapping[str, Setting],
+    profiles: Mapping[str, ProfileDef],
+    pinned: set[MountSpec],
+    warnings: list[ConfigWarning],
+) -> Layer:
+    """Read the project file; unless it is trusted, drop what widens `merged` (warning)."""
+    ctx = CoerceContext(base_dir=workspace, home=paths.home)
+    layer = parse_config(
+        read_file(project_file), layer="project", path=project_file, ctx=ctx, trusted=False
+    )
+    if TrustStore(paths.trust_store).is_trusted(project_file, layer.sha256 or ""):
+        layer.profiles = {
+            n: dataclasses.replace(p, trusted=True) for n, p in layer.profiles.items()
+        }
+        return layer
+    layer.settings, dropped = filter_untrusted(
+        layer.settings, merged, workspace, what=f"project file {project_file.name}"
+    )
+    warnings += dropped
+    _pin_untrusted_mounts(layer.settings, pinned)
+    # Redefining a profile the user has (e.g. "hardened") would silently drop its narrowing
+    # settings, so an untrusted file may only add new profile names.
+    for name in [n for n in layer.profiles if n in profiles]:
+        shadow = layer.profiles.pop(name)
+        warnings.append(
+            ConfigWarning(
+                "untrusted",
+                f"profiles.{name}",
+                shadow.source,
+                f"ignored: the untrusted project file may not redefine the existing "
+                f'profile "{name}"; run `coi trust` to allow it',
+            )
+        )
+    return layer
+
+
+def _apply_profile(
+    name: str,
+    profiles: Mapping[str, ProfileDef],
+    workspace: Path,
+    merged: dict[str, Setting],
+    pinned: set[MountSpec],
+    warnings: list[ConfigWarning],
+) -> None:
+    """Apply profile `name` and its ancestors (base first) onto `merged`."""
+    for definition in profile_chain(profiles, name):
+        label = f"profile {definition.name}"
+        settings = {
+            k: Setting(s.value, dataclasses.replace(s.source, layer=label))
+            for k, s in definition.settings.items()
+        }
+        if not definition.trusted:
+            settings, dropped = filter_untrusted(
+                settings, merged, workspace, what=f'profile "{definition.name}" of the project file'
+            )
+            warnings += dropped
+            _pin_untrusted_mounts(settings, pinned)
+        _apply(merged, settings)
+
+
 def load_config(
     workspace: Path,
     *,
@@ -315,33 +379,7 @@ def load_config(
     project_file, project_warnings = find_project_file(workspace)
     warnings += project_warnings
     if project_file is not None:
-        ctx = CoerceContext(base_dir=workspace, home=paths.home)
-        data = read_file(project_file)
-        layer = parse_config(data, layer="project", path=project_file, ctx=ctx, trusted=False)
-        if TrustStore(paths.trust_store).is_trusted(project_file, layer.sha256 or ""):
-            layer.profiles = {
-                n: dataclasses.replace(p, trusted=True) for n, p in layer.profiles.items()
-            }
-        else:
-            layer.settings, dropped = filter_untrusted(
-                layer.settings, merged, workspace, what=f"project file {project_file.name}"
-            )
-            warnings += dropped
-            _pin_untrusted_mounts(layer.settings, pinned)
-            # Redefining a profile the user has (e.g. "hardened") would silently drop its
-            # narrowing settings, so an untrusted file may only add new profile names.
-            for name in [n for n in layer.profiles if n in profiles]:
-                shadow = layer.profiles.pop(name)
-                warnings.append(
-                    ConfigWarning(
-                        "untrusted",
-                        f"profiles.{name}",
-                        shadow.source,
-                        f"ignored: the untrusted project file may not redefine the existing "
-                        f'profile "{name}"; run `coi trust` to allow it',
-                    )
-                )
-        add(layer)
+        add(_project_layer(project_file, workspace, paths, merged, profiles, pinned, warnings))
 
     coi_config = env.get("COI_CONFIG")
     if coi_config:
@@ -352,23 +390,7 @@ def load_config(
         add(parse_config(read_file(file), layer="COI_CONFIG", path=file, ctx=ctx))
 
     if profile:
-        for definition in profile_chain(profiles, profile):
-            settings = {
-                k: Setting(
-                    s.value, dataclasses.replace(s.source, layer=f"profile {definition.name}")
-                )
-                for k, s in definition.settings.items()
-            }
-            if not definition.trusted:
-                settings, dropped = filter_untrusted(
-                    settings,
-                    merged,
-                    workspace,
-                    what=f'profile "{definition.name}" of the project file',
-                )
-                warnings += dropped
-                _pin_untrusted_mounts(settings, pinned)
-            _apply(merged, settings)
+        _apply_profile(profile, profiles, workspace, merged, pinned, warnings)
 
     _apply(merged, _env_layer(env, warnings).settings)
     _apply(merged, _cli_layer(cli_overrides, merged, paths.home).settings)
