@@ -93,8 +93,8 @@ def validate(
 ) -> None:
     """Check configuration files; prints file:line: key: problem and exits 1 on any problem."""
     if files:
-        home = ConfigPaths.from_env(os.environ).home
-        problems = [p for f in files for p in validate_file(f, home=home)]
+        paths = ConfigPaths.from_env(os.environ)
+        problems = [p for f in files for p in validate_file(f, paths=paths)]
         for problem in problems:
             typer.echo(str(problem), err=True)
         if problems:

@@ -57,6 +57,11 @@ class ConfigPaths:
     trust_store: Path
     home: Path
 
+    @property
+    def coi_dirs(self) -> tuple[Path, ...]:
+        """Directories with coi's own configuration and state, never mounted into a sandbox."""
+        return (*(f.parent for f in self.user_files), self.trust_store.parent)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConfigPaths:
         """Paths for this environment: ``COI_SYSTEM_CONFIG`` (default /etc/coi/config.toml),
@@ -254,14 +259,14 @@ def _pin_untrusted_mounts(settings: dict[str, Setting], pinned: set[MountSpec]) 
 
 
 def _resolve_mounts(
-    merged: dict[str, Setting], home: Path, workspace: Path, pinned: set[MountSpec]
+    merged: dict[str, Setting], paths: ConfigPaths, workspace: Path, pinned: set[MountSpec]
 ) -> None:
     setting = merged["mounts.default"]
     where = setting.source.location() or setting.source.layer
     resolved: list[MountSpec] = []
     for spec in setting.value:
         try:
-            checked = validate_mount(spec, home=home)
+            checked = validate_mount(spec, home=paths.home, protected=paths.coi_dirs)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}", hint=err.hint) from None
         # A symlink swapped in the workspace since the trust check must not move the mount out.
@@ -394,7 +399,7 @@ def load_config(
 
     _apply(merged, _env_layer(env, warnings).settings)
     _apply(merged, _cli_layer(cli_overrides, merged, paths.home).settings)
-    _resolve_mounts(merged, paths.home, workspace, pinned)
+    _resolve_mounts(merged, paths, workspace, pinned)
     return LoadedConfig(
         config=_build(merged),
         sources={k: s.source for k, s in merged.items()},
@@ -422,13 +427,15 @@ def builtin_profiles() -> Mapping[str, ProfileDef]:
     return profiles
 
 
-def validate_file(path: Path, *, home: Path | None = None) -> list[ConfigProblem]:
+def validate_file(path: Path, *, paths: ConfigPaths | None = None) -> list[ConfigProblem]:
     """Every problem in one configuration file (empty when it is valid).
 
     A file under a ``profiles`` directory is read as a profile file. Mounts are checked too
     (their host paths must exist), since a mount that `load_config` would refuse is a problem.
+    `paths` (default: from ``os.environ``) gives the home and coi directories for that check.
     """
-    home = home or Path.home()
+    paths = paths or ConfigPaths.from_env(os.environ)
+    home = paths.home
     try:
         data = read_file(path)
         ctx = CoerceContext(base_dir=path.parent, home=home)
@@ -450,7 +457,7 @@ def validate_file(path: Path, *, home: Path | None = None) -> list[ConfigProblem
             continue
         for spec in mounts.value:
             try:
-                validate_mount(spec, home=home)
+                validate_mount(spec, home=home, protected=paths.coi_dirs)
             except ConfigError as err:
                 problems.append(
                     ConfigProblem(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -123,13 +124,15 @@ def check_container_path(path: PurePosixPath | str) -> PurePosixPath:
     return pure
 
 
-def validate_mount(spec: MountSpec, *, home: Path) -> MountSpec:
+def validate_mount(spec: MountSpec, *, home: Path, protected: Sequence[Path] = ()) -> MountSpec:
     """Check a mount and return it with its host path resolved through every symlink.
 
     Refused: a host path that does not exist; ``/`` or any directory containing the home
     directory (``/home``); the home directory itself; system trees (``/etc``, ``/proc``,
     ``/sys``, ``/dev``, ``/run``, ``/boot``, ``/root``, Incus' state); sockets, FIFOs and device
-    nodes (agent sockets go through ``--ssh-agent``, which uses an Incus proxy device).
+    nodes (agent sockets go through ``--ssh-agent``, which uses an Incus proxy device); and
+    anything inside, or containing, a `protected` directory (coi's own configuration and trust
+    store: a sandbox that can write them could loosen its next sandbox).
     """
     try:
         host = Path(os.path.realpath(spec.host, strict=True))
@@ -155,6 +158,14 @@ def validate_mount(spec: MountSpec, *, home: Path) -> MountSpec:
             raise ConfigError(
                 f"mount source {str(spec.host)!r}{via} lies in the system directory {str(tree)!r}",
                 hint="copy what the agent needs into the workspace instead",
+            )
+    for directory in protected:
+        real_dir = Path(os.path.realpath(directory))
+        if host == real_dir or real_dir in host.parents or host in real_dir.parents:
+            raise ConfigError(
+                f"mount source {str(spec.host)!r}{via} overlaps coi's own files in "
+                f"{str(directory)!r}",
+                hint="a sandbox must not see or change its own configuration",
             )
     mode = os.stat(host).st_mode
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):

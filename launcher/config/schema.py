@@ -97,18 +97,18 @@ class CoerceContext:
 
 
 def _describe(value: object) -> str:
+    """``an integer (5)``; long arrays and tables are named without their content."""
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     name = names.get(type(value))
     if name is None:
-        name = (
-            "a table"
-            if isinstance(value, dict)
-            else "an array"
-            if isinstance(value, list)
-            else type(value).__name__
-        )
-    shown = repr(value) if not isinstance(value, dict | list) or len(repr(value)) < 40 else "..."
-    return f"{name} ({shown})" if name not in ("a table", "an array") or shown != "..." else name
+        if isinstance(value, dict):
+            name = "a table"
+        elif isinstance(value, list):
+            name = "an array"
+        else:
+            name = type(value).__name__
+    shown = repr(value)
+    return f"{name} ({shown})" if len(shown) < 40 else name
 
 
 def _type_name(hint: Any) -> str:

@@ -185,9 +185,9 @@ def test_bad_container_path_in_a_file_is_a_validation_problem(layers: Layers) ->
 
 def test_relative_and_home_paths_in_files_are_anchored(layers: Layers) -> None:
     (layers.home / "notes").mkdir()
-    config_dir = layers.path("user").parent
+    config_dir = layers.system.parent
     (config_dir / "shared").mkdir(parents=True)
-    layers.write("user", '[mounts]\ndefault = ["~/notes:/mnt/notes:ro", "shared:/mnt/shared"]\n')
+    layers.write("system", '[mounts]\ndefault = ["~/notes:/mnt/notes:ro", "shared:/mnt/shared"]\n')
     mounts = layers.load().config.mounts.default
     assert [m.host for m in mounts] == [layers.home / "notes", config_dir / "shared"]
 
@@ -195,3 +195,15 @@ def test_relative_and_home_paths_in_files_are_anchored(layers: Layers) -> None:
 def test_cli_mount_is_validated(layers: Layers) -> None:
     with pytest.raises(ConfigError, match="system directory '/etc'"):
         layers.load(cli={"mounts.default": ["/etc:/mnt/etc:ro"]})
+
+
+@pytest.mark.parametrize("target", [".config", ".config/coi", ".config/coi/profiles", ".coi"])
+def test_coi_own_directories_are_never_mounted(layers: Layers, target: str) -> None:
+    (layers.home / target).mkdir(parents=True, exist_ok=True)
+    (layers.home / ".config" / "coi").mkdir(parents=True, exist_ok=True)
+    (layers.home / ".coi").mkdir(exist_ok=True)
+    with pytest.raises(ConfigError, match="overlaps coi's own files"):
+        layers.load(cli={"mounts.default": [f"{layers.home / target}:/mnt/x:ro"]})
+    # A sibling directory is fine.
+    (layers.home / ".config" / "nvim").mkdir()
+    layers.load(cli={"mounts.default": [f"{layers.home / '.config' / 'nvim'}:/mnt/nvim:ro"]})

@@ -270,7 +270,7 @@ def test_mount_swapped_for_a_symlink_after_the_trust_check_is_refused(layers: La
     inside.rmdir()
     inside.symlink_to(outside)
     with pytest.raises(ConfigError, match="changed while the configuration was read"):
-        _resolve_mounts(merged, layers.home, layers.workspace, {spec})
+        _resolve_mounts(merged, ConfigPaths.from_env(layers.env), layers.workspace, {spec})
     # Not pinned (a trusted layer's mount): the outside target is allowed.
-    _resolve_mounts(merged, layers.home, layers.workspace, set())
+    _resolve_mounts(merged, ConfigPaths.from_env(layers.env), layers.workspace, set())
     assert merged["mounts.default"].value[0].host == outside
