@@ -64,6 +64,7 @@ KEEP = (CAP_NET_ADMIN,)
 PR_SET_DUMPABLE = 4
 PR_GET_SECUREBITS = 27
 PR_SET_SECUREBITS = 28
+PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -202,10 +203,14 @@ def drop_privileges(keep: tuple[int, ...] = KEEP) -> ProcessCaps:
     libc = _libc()
     mask = sum(1 << c for c in keep)
     if not _drop_with_capng(keep):
+        # Under systemd (CapabilityBoundingSet=, SecureBits=) parts are done already, and
+        # CAP_SETPCAP is gone: only do what is still missing.
         for cap in range(_last_cap() + 1):
-            if cap not in keep:
+            if cap not in keep and _prctl(libc, PR_CAPBSET_READ, cap, "PR_CAPBSET_READ") == 1:
                 _prctl(libc, PR_CAPBSET_DROP, cap, f"PR_CAPBSET_DROP({cap})")
-        _prctl(libc, PR_SET_SECUREBITS, LOCKED_SECUREBITS, "PR_SET_SECUREBITS")
+        bits = _prctl(libc, PR_GET_SECUREBITS, 0, "PR_GET_SECUREBITS")
+        if bits & LOCKED_SECUREBITS != LOCKED_SECUREBITS:
+            _prctl(libc, PR_SET_SECUREBITS, bits | LOCKED_SECUREBITS, "PR_SET_SECUREBITS")
         _capset(libc, mask)
     _prctl(libc, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")
     _prctl(libc, PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")

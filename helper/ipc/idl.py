@@ -398,7 +398,8 @@ def validate_struct(
     known = {f.name: f for f in struct.fields}
     for key in value:
         if key not in known:
-            shown = key[:64]
+            # Odd keys (empty, control characters) are shown quoted so the path stays readable.
+            shown = key if FIELD_NAME.match(key) and len(key) <= 64 else repr(key[:64])
             raise ValidationError(f"{path}.{shown}" if path else shown, "is not a known field")
     for f in struct.fields:
         fpath = f"{path}.{f.name}" if path else f.name

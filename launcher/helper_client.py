@@ -1,0 +1,269 @@
+"""The launcher's client of coi-helper (varlink over /run/coi/helper.sock).
+
+Typed on both ends: calls take and return the dataclasses of `coi.helper.interface`, which are
+checked against the interface text (`check_contract`) before the first call, and
+`verify_server_contract()` compares the running helper's own description with ours. Every
+failure becomes a `HelperError` subclass with one actionable sentence. Imports nothing
+server-only (no jeepney, pylxd or server modules).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+from coi.helper.interface import (
+    DEFAULT_SOCKET,
+    INTERFACE,
+    AdminPolicy,
+    Authorization,
+    DescribeInstanceIn,
+    DescribeInstanceOut,
+    Err,
+    Features,
+    GetInfoIn,
+    GetInfoOut,
+    InstanceInfo,
+    PingIn,
+    PingOut,
+    check_contract,
+    helper_interface,
+)
+from coi.helper.ipc.client import VarlinkConnection
+from coi.helper.ipc.errors import IpcError, ProtocolError, VarlinkError
+from coi.helper.ipc.typed import from_wire, to_wire
+from coi.launcher.errors import HelperError
+
+SOCKET_ENV = "COI_HELPER_SOCKET"
+START_HINT = (
+    "start it with `systemctl start coi-helper.socket`, or on hosts without systemd "
+    "`coi-helper serve --socket /run/coi/helper.sock` as root"
+)
+
+T = TypeVar("T")
+
+
+class HelperNotRunning(HelperError):
+    """Nothing answers on the helper's socket."""
+
+
+class HelperNotAuthorised(HelperError):
+    """polkit refused the action for this user (or interactive authentication is needed)."""
+
+
+class HelperNotOwner(HelperError):
+    """The container belongs to another user's project."""
+
+
+class HelperPolicyForbidden(HelperError):
+    """The administrator's policy (/etc/coi/policy.toml) forbids the request."""
+
+
+class HelperRequestError(HelperError):
+    """The helper refused the request for another reason (bad name, no such container...)."""
+
+
+class HelperContractMismatch(HelperError):
+    """The running helper speaks a different version of the interface."""
+
+
+@functools.cache
+def _contract_checked() -> bool:
+    check_contract()
+    return True
+
+
+def default_socket() -> str:
+    """The helper socket: $COI_HELPER_SOCKET or /run/coi/helper.sock."""
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def _translate(exc: VarlinkError, what: str) -> HelperError:
+    p = exc.parameters
+    if exc.name == Err.PERMISSION_DENIED:
+        return HelperNotAuthorised(
+            f"not authorised: polkit refused {p.get('action', what)} ({p.get('reason', '')})",
+            hint="ask an administrator to add you to the `incus` group and install "
+            "polkit/50-coi-incus-group.rules, or run from an active local session",
+        )
+    if exc.name == Err.INTERACTIVE_AUTH:
+        return HelperNotAuthorised(
+            f"not authorised: {p.get('action', what)} needs administrator authentication",
+            hint="add your user to the `incus` group (with polkit/50-coi-incus-group.rules "
+            "installed) or run from an active local session",
+        )
+    if exc.name == Err.NOT_OWNER:
+        return HelperNotOwner(
+            f"container {p.get('instance')} is in project {p.get('project')}, "
+            f"which uid {p.get('uid')} does not own"
+        )
+    if exc.name == Err.POLICY_FORBIDDEN:
+        return HelperPolicyForbidden(
+            f"the administrator's policy {p.get('path')} forbids this "
+            f"({p.get('rule')}): {p.get('reason')}"
+        )
+    if exc.name == Err.NO_SUCH_INSTANCE:
+        return HelperRequestError(
+            f"Incus has no container {p.get('instance')} in project {p.get('project')}"
+        )
+    if exc.name == Err.INVALID_NAME:
+        return HelperRequestError(f"invalid {p.get('parameter')}: {p.get('reason')}")
+    if exc.name == Err.INCUS_UNAVAILABLE:
+        return HelperRequestError(f"the helper cannot reach Incus: {p.get('reason')}")
+    if exc.name == Err.METHOD_NOT_FOUND:
+        return HelperContractMismatch(
+            f"the running helper does not know {p.get('method')}",
+            hint="upgrade coi-helper and restart it",
+        )
+    return HelperRequestError(f"coi-helper refused {what}: {exc}")
+
+
+class HelperClient:
+    """Blocking, typed client of org.codeonincus.Helper; one connection, opened lazily."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float = 10.0) -> None:
+        _contract_checked()
+        self.socket_path = socket_path or default_socket()
+        self.timeout = timeout
+        self._conn: VarlinkConnection | None = None
+
+    def __enter__(self) -> HelperClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (a later call reconnects)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> VarlinkConnection:
+        if self._conn is None:
+            try:
+                self._conn = VarlinkConnection(self.socket_path, self.timeout)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise HelperNotRunning(
+                    f"helper not running: nothing listens on {self.socket_path}", hint=START_HINT
+                ) from exc
+            except PermissionError as exc:
+                raise HelperNotRunning(
+                    f"helper socket {self.socket_path} is not accessible to this user",
+                    hint="the socket must be mode 0666 (coi-helper.socket sets it)",
+                ) from exc
+            except OSError as exc:
+                raise HelperNotRunning(
+                    f"cannot connect to the helper at {self.socket_path}: {exc.strerror or exc}",
+                    hint=START_HINT,
+                ) from exc
+        return self._conn
+
+    def raw_call(self, method: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call a fully qualified method with wire parameters; HelperError on failure."""
+        conn = self._connection()
+        try:
+            return conn.call(method, parameters)
+        except VarlinkError as exc:
+            raise _translate(exc, method) from exc
+        except TimeoutError as exc:
+            self.close()
+            raise HelperError(
+                f"the helper did not answer {method} within {self.timeout:.0f} s"
+            ) from exc
+        except (ProtocolError, OSError, IpcError) as exc:
+            self.close()
+            raise HelperNotRunning(
+                f"the helper closed the connection during {method}: {exc}", hint=START_HINT
+            ) from exc
+
+    def call(self, name: str, params: Any, out_type: type[T]) -> T:
+        """Call `org.codeonincus.Helper.<name>` with a dataclass, returning `out_type`."""
+        return from_wire(out_type, self.raw_call(f"{INTERFACE}.{name}", to_wire(params)))
+
+    # ----------------------------------------------------------------------- methods
+    def get_info(self) -> GetInfoOut:
+        """Version, features, admin policy, limits and this caller's polkit answers."""
+        return self.call("GetInfo", GetInfoIn(), GetInfoOut)
+
+    def ping(self, text: str = "ping") -> str:
+        """Round-trip check."""
+        return self.call("Ping", PingIn(ping=text), PingOut).pong
+
+    def describe_instance(self, instance: str, project: str) -> InstanceInfo:
+        """What the helper derives from Incus about one of the caller's containers."""
+        out = self.call(
+            "DescribeInstance",
+            DescribeInstanceIn(instance=instance, project=project),
+            DescribeInstanceOut,
+        )
+        return out.instance
+
+    def verify_server_contract(self) -> None:
+        """Raise HelperContractMismatch unless the helper serves exactly our interface text."""
+        reply = self.raw_call(
+            "org.varlink.service.GetInterfaceDescription", {"interface": INTERFACE}
+        )
+        if reply.get("description") != helper_interface().text:
+            raise HelperContractMismatch(
+                f"the running coi-helper speaks a different version of {INTERFACE} than this coi",
+                hint="restart the helper after upgrading (systemctl restart coi-helper)",
+            )
+
+
+# ------------------------------------------------------------------------------ health
+@dataclass(frozen=True)
+class HelperHealth:
+    """What `coi health` reports about the helper."""
+
+    socket: str
+    reachable: bool
+    error: str = ""
+    hint: str = ""
+    version: str = ""
+    contract_ok: bool = False
+    authorization: dict[str, str] = field(default_factory=dict)
+    admin: bool = False
+    project: str = ""
+    policy: AdminPolicy | None = None
+    features: Features | None = None
+
+    @property
+    def authorised(self) -> bool:
+        """True if the network and monitor actions are allowed for this user."""
+        needed = ("org.codeonincus.helper.network", "org.codeonincus.helper.monitor")
+        return all(self.authorization.get(a) == Authorization.ALLOWED.value for a in needed)
+
+
+def helper_health(socket_path: str | None = None, timeout: float = 3.0) -> HelperHealth:
+    """Probe the helper for `coi health`: never raises, reports what failed and how to fix it."""
+    path = socket_path or default_socket()
+    try:
+        with HelperClient(path, timeout) as client:
+            info = client.get_info()
+            try:
+                client.verify_server_contract()
+                contract_ok = True
+            except HelperContractMismatch:
+                contract_ok = False
+    except HelperError as exc:
+        return HelperHealth(path, False, error=str(exc), hint=exc.hint or "")
+    return HelperHealth(
+        socket=path,
+        reachable=True,
+        version=info.version,
+        contract_ok=contract_ok,
+        authorization={k: v.value for k, v in info.caller.authorization.items()},
+        admin=info.caller.admin,
+        project=info.caller.project,
+        policy=info.policy,
+        features=info.features,
+    )
