@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from coi.launcher import __version__
+from coi.launcher.cli.config_cmd import config_app
+from coi.launcher.cli.trust_cmd import trust, untrust
 from coi.launcher.errors import CoiError
 from coi.launcher.health.checks import Status, run_checks
 from coi.launcher.images.build import (
@@ -31,7 +33,7 @@ from coi.launcher.session.run import run_command
 from coi.launcher.session.sandbox import SandboxRequest, parse_env
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     """Output formats of listing and status commands."""
 
     text = "text"
@@ -51,13 +53,18 @@ app = typer.Typer(
 WorkspaceOpt = Annotated[
     Path,
     typer.Option(
-        "--workspace", "-w", help="Project directory mounted at /workspace (default: current).",
-        file_okay=True, dir_okay=True,
+        "--workspace",
+        "-w",
+        help="Project directory mounted at /workspace (default: current).",
+        file_okay=True,
+        dir_okay=True,
     ),
 ]
 SlotOpt = Annotated[
     int,
-    typer.Option("--slot", help="Slot 1..10 for parallel sandboxes of one workspace; 0 = first free."),
+    typer.Option(
+        "--slot", help="Slot 1..10 for parallel sandboxes of one workspace; 0 = first free."
+    ),
 ]
 ImageOpt = Annotated[str, typer.Option("--image", help="Image alias to start from.")]
 EnvOpt = Annotated[
@@ -83,7 +90,8 @@ def run(
     image: ImageOpt = DEFAULT_ALIAS,
     env: EnvOpt = None,
     no_wait_network: Annotated[
-        bool, typer.Option("--no-wait-network", help="Do not wait for the container's IPv4 address.")
+        bool,
+        typer.Option("--no-wait-network", help="Do not wait for the container's IPv4 address."),
     ] = False,
 ) -> None:
     """Run one command in a fresh sandbox and exit with its exit code.
@@ -116,18 +124,36 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild even if the ima
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show the build script's full output.")
 ]
+HostCaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--host-ca/--no-host-ca",
+        help="Trust the CA certificates added on the host (/usr/local/share/ca-certificates), "
+        "for builds behind TLS-inspecting proxies.",
+    ),
+]
 
 
 def _report_build(result: BuildResult, fmt: OutputFormat) -> None:
     if fmt is OutputFormat.json:
-        print(json.dumps({"alias": result.alias, "fingerprint": result.fingerprint,
-                          "built": result.built, "seconds": round(result.seconds, 1),
-                          "log": result.log_path}))
+        print(
+            json.dumps(
+                {
+                    "alias": result.alias,
+                    "fingerprint": result.fingerprint,
+                    "built": result.built,
+                    "seconds": round(result.seconds, 1),
+                    "log": result.log_path,
+                }
+            )
+        )
     elif result.built:
         print(f"built image {result.alias} ({result.fingerprint[:12]}) in {result.seconds:.0f} s")
     else:
-        print(f"image {result.alias} already exists ({result.fingerprint[:12]}); "
-              "use --force to rebuild")
+        print(
+            f"image {result.alias} already exists ({result.fingerprint[:12]}); "
+            "use --force to rebuild"
+        )
 
 
 @build_app.callback()
@@ -136,6 +162,7 @@ def build(
     force: ForceOpt = False,
     base: Annotated[str, typer.Option("--base", help="Base image alias.")] = DEFAULT_BASE,
     verbose: VerboseOpt = False,
+    host_ca: HostCaOpt = True,
     fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Build the `coi` image: user `code` (uid 1000, passwordless sudo), tmux, git, Node.js,
@@ -145,7 +172,7 @@ def build(
     """
     if ctx.invoked_subcommand is not None:
         return
-    request = BuildRequest(DEFAULT_ALIAS, base, builtin_script(), "coi.sh", force, verbose)
+    request = BuildRequest(DEFAULT_ALIAS, base, builtin_script(), "coi.sh", force, verbose, host_ca)
     _report_build(build_image(IncusClient.connect(), request, Progress()), fmt)
 
 
@@ -158,6 +185,7 @@ def build_custom(
     base: Annotated[str, typer.Option("--base", help="Base image alias.")] = DEFAULT_ALIAS,
     force: ForceOpt = False,
     verbose: VerboseOpt = False,
+    host_ca: HostCaOpt = True,
     fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Build a custom image NAME by running SCRIPT (as root) on top of BASE (default `coi`)."""
@@ -165,7 +193,7 @@ def build_custom(
         text = script.read_text()
     except OSError as exc:
         raise CoiError(f"cannot read build script {script}: {exc.strerror}") from exc
-    request = BuildRequest(name, base, text, script.name, force, verbose)
+    request = BuildRequest(name, base, text, script.name, force, verbose, host_ca)
     _report_build(build_image(IncusClient.connect(), request, Progress()), fmt)
 
 
@@ -201,6 +229,11 @@ def version(fmt: FormatOpt = OutputFormat.text) -> None:
         print(json.dumps({"version": __version__, "python": sys.version.split()[0]}))
     else:
         print(f"coi {__version__}")
+
+
+app.add_typer(config_app, name="config")
+app.command("trust")(trust)
+app.command("untrust")(untrust)
 
 
 def _render_error(err: CoiError) -> None:

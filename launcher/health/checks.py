@@ -103,12 +103,18 @@ def check_storage(client: IncusClient) -> CheckResult:
     """The default profile's root pool exists and has room."""
     profile = client.profile("default")
     root = next(
-        (d for d in profile.get("devices", {}).values() if d.get("type") == "disk" and d.get("path") == "/"),
+        (
+            d
+            for d in profile.get("devices", {}).values()
+            if d.get("type") == "disk" and d.get("path") == "/"
+        ),
         None,
     )
     if root is None:
         return CheckResult(
-            "storage", Status.FAIL, "the default profile has no root disk",
+            "storage",
+            Status.FAIL,
+            "the default profile has no root disk",
             "re-run `sudo packaging/host-setup` (creates pool `coi`)",
         )
     pools = {p.name: p for p in client.storage_pools()}
@@ -120,16 +126,25 @@ def check_storage(client: IncusClient) -> CheckResult:
     details = {"pool": pool.name, "driver": pool.driver, "free_gib": round(free, 2)}
     if pool.total_bytes and free < 1:
         return CheckResult(
-            "storage", Status.FAIL, f"pool {pool.name} has only {free:.1f} GiB free",
-            "free space or grow the pool (`incus storage set ... size=`)", details,
+            "storage",
+            Status.FAIL,
+            f"pool {pool.name} has only {free:.1f} GiB free",
+            "free space or grow the pool (`incus storage set ... size=`)",
+            details,
         )
     if pool.total_bytes and free < 5:
         return CheckResult(
-            "storage", Status.WARN, f"pool {pool.name} has {free:.1f} GiB free (image builds need ~3 GiB)",
-            "free space or grow the pool", details,
+            "storage",
+            Status.WARN,
+            f"pool {pool.name} has {free:.1f} GiB free (image builds need ~3 GiB)",
+            "free space or grow the pool",
+            details,
         )
     return CheckResult(
-        "storage", Status.OK, f"pool {pool.name} ({pool.driver}), {free:.1f} GiB free", details=details
+        "storage",
+        Status.OK,
+        f"pool {pool.name} ({pool.driver}), {free:.1f} GiB free",
+        details=details,
     )
 
 
@@ -139,7 +154,9 @@ def check_bridge(client: IncusClient) -> CheckResult:
     nic = next((d for d in profile.get("devices", {}).values() if d.get("type") == "nic"), None)
     if nic is None:
         return CheckResult(
-            "bridge", Status.FAIL, "the default profile has no network interface",
+            "bridge",
+            Status.FAIL,
+            "the default profile has no network interface",
             "re-run `sudo packaging/host-setup` (creates bridge coibr0)",
         )
     name = nic.get("network") or nic.get("parent") or ""
@@ -151,8 +168,11 @@ def check_bridge(client: IncusClient) -> CheckResult:
     details = {"network": name, "ipv4": subnet, "nat": config.get("ipv4.nat", "")}
     if not subnet or subnet in ("auto", "none"):
         return CheckResult(
-            "bridge", Status.FAIL, f"bridge {name} has no explicit IPv4 subnet ({subnet or 'unset'})",
-            f"`incus network set {name} ipv4.address=10.x.y.1/24 ipv4.nat=true`", details,
+            "bridge",
+            Status.FAIL,
+            f"bridge {name} has no explicit IPv4 subnet ({subnet or 'unset'})",
+            f"`incus network set {name} ipv4.address=10.x.y.1/24 ipv4.nat=true`",
+            details,
         )
     return CheckResult("bridge", Status.OK, f"bridge {name} {subnet}", details=details)
 
@@ -164,18 +184,26 @@ def check_image(client: IncusClient, alias: str = "coi") -> CheckResult:
         base = client.image_by_alias("coi-base")
         hint = "`coi build`" if base else "`sudo packaging/host-setup`, then `coi build`"
         return CheckResult("image", Status.WARN, f"image {alias!r} not built yet", hint)
-    details = {"fingerprint": image.fingerprint[:12], "size_mib": image.size // 2**20,
-               "built_at": image.properties.get("coi.built_at", "")}
-    return CheckResult("image", Status.OK, f"image {alias!r} present ({image.fingerprint[:12]})",
-                       details=details)
+    details = {
+        "fingerprint": image.fingerprint[:12],
+        "size_mib": image.size // 2**20,
+        "built_at": image.properties.get("coi.built_at", ""),
+    }
+    return CheckResult(
+        "image", Status.OK, f"image {alias!r} present ({image.fingerprint[:12]})", details=details
+    )
 
 
 def check_nftables() -> CheckResult:
     """The nft tool used by the helper for network isolation."""
     if shutil.which("nft") or os.path.exists("/usr/sbin/nft"):
         return CheckResult("nftables", Status.OK, "nft available")
-    return CheckResult("nftables", Status.WARN, "nftables (nft) is not installed",
-                       "`sudo apt-get install nftables` (needed for network isolation)")
+    return CheckResult(
+        "nftables",
+        Status.WARN,
+        "nftables (nft) is not installed",
+        "`sudo apt-get install nftables` (needed for network isolation)",
+    )
 
 
 HelperCheck = Callable[[], CheckResult]
@@ -190,7 +218,9 @@ def run_checks(extra: list[HelperCheck] | None = None, image: str = "coi") -> He
             try:
                 checks.append(check(client))
             except CoiError as exc:
-                checks.append(CheckResult(check.__name__[6:], Status.FAIL, str(exc), exc.hint or ""))
+                checks.append(
+                    CheckResult(check.__name__[6:], Status.FAIL, str(exc), exc.hint or "")
+                )
         checks.append(check_image(client, image))
     checks.append(check_nftables())
     for check_fn in extra or []:

@@ -45,6 +45,7 @@ class BuildRequest:
     script_name: str
     force: bool = False
     verbose: bool = False
+    host_cas: bool = True
 
     def __post_init__(self) -> None:
         for what, value in (("image name", self.alias), ("base image", self.base)):
@@ -148,7 +149,9 @@ def build_image(client: IncusClient, request: BuildRequest, progress: Progress) 
         progress.step("stopping the build container")
         _stop(client, builder)
         fingerprint = _publish(client, builder, request, teardown, progress)
-        return BuildResult(request.alias, fingerprint, True, time.monotonic() - started, str(log_path))
+        return BuildResult(
+            request.alias, fingerprint, True, time.monotonic() - started, str(log_path)
+        )
     raise AssertionError("unreachable")  # pragma: no cover  (phased re-raises)
 
 
@@ -157,11 +160,41 @@ def _aliases(client: IncusClient) -> str:
     return ", ".join(names) or "none"
 
 
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+
+def host_ca_certificates(directory: Path = HOST_CA_DIR) -> list[Path]:
+    """CA certificates the host administrator added locally (corporate / TLS-inspecting proxies).
+
+    They are public certificates, not secrets; builds behind such proxies fail without them.
+    """
+    try:
+        return sorted(p for p in directory.rglob("*.crt") if p.is_file())
+    except OSError:
+        return []
+
+
+def _push_host_cas(client: IncusClient, builder: str, progress: Progress) -> bool:
+    certs = host_ca_certificates()
+    for cert in certs:
+        try:
+            data = cert.read_bytes()
+        except OSError:
+            continue
+        client.push_file(builder, f"/usr/local/share/ca-certificates/coi-host-{cert.name}", data)
+    if certs:
+        progress.step(f"trusting {len(certs)} CA certificate(s) added on the host")
+    return bool(certs)
+
+
 def _run_script(
     client: IncusClient, builder: str, request: BuildRequest, log_path: Path, progress: Progress
 ) -> None:
     script_path = "/root/coi-build.sh"
     client.push_file(builder, script_path, request.script.encode(), mode=0o755)
+    prelude = ""
+    if request.host_cas and _push_host_cas(client, builder, progress):
+        prelude = "update-ca-certificates >/dev/null && "
     progress.step(f"running {request.script_name} (log: {log_path})")
     output = _BuildOutput(log_path, progress, request.verbose)
     env = {
@@ -169,9 +202,11 @@ def _run_script(
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "DEBIAN_FRONTEND": "noninteractive",
+        "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt",
     }
+    command = f"{prelude}{script_path} 2>&1"
     session = ExecSession.start(
-        client, builder, ExecRequest(["/bin/sh", "-c", f"{script_path} 2>&1"], env, cwd="/root")
+        client, builder, ExecRequest(["/bin/sh", "-c", command], env, cwd="/root")
     )
     try:
         session.pump(None, output.write, output.write)

@@ -38,14 +38,24 @@ def _api_message(exc: Exception) -> str:
     return str(exc)
 
 
+class _StillRunning(Exception):
+    """An operation wait timed out server-side (HTTP 504): the operation is still running."""
+
+
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
     """Turn pylxd/requests failures into one `IncusError` sentence naming the action."""
     try:
         yield
-    except pylxd_exc.NotFound as exc:
-        raise IncusError(f"{action}: not found ({_api_message(exc)})") from exc
     except pylxd_exc.LXDAPIException as exc:
+        # Incus answers a wait that timed out with an error "context deadline exceeded"
+        # (HTTP 200 with type=error here, 504 elsewhere): the operation is still running.
+        if getattr(getattr(exc, "response", None), "status_code", 0) == 504 or (
+            "context deadline exceeded" in _api_message(exc)
+        ):
+            raise _StillRunning() from exc
+        if isinstance(exc, pylxd_exc.NotFound):
+            raise IncusError(f"{action}: not found ({_api_message(exc)})") from exc
         raise IncusError(f"{action}: {_api_message(exc)}") from exc
     except requests.exceptions.ConnectionError as exc:
         raise IncusUnavailable(
@@ -56,6 +66,9 @@ def _translated(action: str) -> Iterator[None]:
 
 class IncusClient:
     """Typed operations on one Incus endpoint and project."""
+
+    # Seconds one server-side operation wait may block before we ask again.
+    wait_chunk = 30
 
     def __init__(self, endpoint: IncusEndpoint, *, timeout: float = 120.0) -> None:
         self.endpoint = endpoint
@@ -94,8 +107,10 @@ class IncusClient:
 
     def _async(self, method: str, path: str, body: Mapping[str, Any] | None, action: str) -> str:
         with _translated(action):
-            response = getattr(self._node(path), method)(json=body) if body is not None else (
-                getattr(self._node(path), method)()
+            response = (
+                getattr(self._node(path), method)(json=body)
+                if body is not None
+                else (getattr(self._node(path), method)())
             )
             data = response.json()
         if data.get("type") == "async":
@@ -109,12 +124,18 @@ class IncusClient:
         deadline = time.monotonic() + timeout
         while True:
             remaining = max(int(deadline - time.monotonic()), 1)
-            with _translated(action):
-                meta: dict[str, Any] = (
-                    self._api.operations[op_id]
-                    .wait.get(params={"timeout": min(remaining, 30)}, timeout=remaining + 10)
-                    .json()["metadata"]
-                )
+            try:
+                with _translated(action):
+                    meta: dict[str, Any] = (
+                        self._api.operations[op_id]
+                        .wait.get(
+                            params={"timeout": min(remaining, self.wait_chunk)},
+                            timeout=remaining + 10,
+                        )
+                        .json()["metadata"]
+                    )
+            except _StillRunning:
+                meta = {"status": "Running"}
             status = meta.get("status")
             if status == "Success":
                 return meta
@@ -204,12 +225,34 @@ class IncusClient:
         op = self._async("delete", f"instances/{name}", None, f"deleting container {name}")
         self.wait_operation(op, f"deleting container {name}")
 
+    def wait_instance_idle(self, name: str, timeout: float = 30.0) -> None:
+        """Wait until no running operation touches instance `name`.
+
+        Used after an interrupt: a create request may have reached Incus even though we
+        never saw its answer; removing the container must wait for it to finish.
+        """
+        deadline = time.monotonic() + timeout
+        needle = f"/1.0/instances/{name}"
+        while time.monotonic() < deadline:
+            try:
+                ops = self.get("operations", recursion="1").get("running") or []
+            except IncusError:
+                return
+            if not any(
+                needle == resource.split("?")[0]
+                for op in ops
+                for resource in (op.get("resources") or {}).get("instances", [])
+            ):
+                return
+            time.sleep(0.1)
+
     def remove_instance(self, name: str) -> bool:
         """Force-stop and delete `name` if it exists. Returns True if something was removed.
 
         Idempotent: a container that vanished in between (ephemeral ones delete themselves
         when stopped) counts as removed.
         """
+        self.wait_instance_idle(name)
         info = self.instance(name)
         if info is None:
             return False
@@ -305,7 +348,7 @@ class IncusClient:
         with _translated(what):
             data = self._api.instances[name].exec.post(json=dict(body)).json()
         op_id = str(data["metadata"]["id"])
-        fds = data["metadata"]["metadata"].get("fds") or {}
+        fds = (data["metadata"].get("metadata") or {}).get("fds") or {}
         return op_id, {str(k): str(v) for k, v in fds.items()}
 
     def websocket_uri(self, op_id: str, secret: str) -> str:

@@ -9,6 +9,7 @@ websocket per fd (0, 1, 2) plus `control`; interactive ones get a single pty web
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -65,6 +66,8 @@ def _connect(client: IncusClient, op_id: str, secret: str) -> ClientConnection:
             compression=None,
             open_timeout=30,
             close_timeout=2,
+            # Incus answers pings only on streams it reads; output streams would time out.
+            ping_interval=None,
         )
     except (OSError, TimeoutError) as exc:
         raise IncusError(f"cannot attach to the command's streams: {exc}") from exc
@@ -191,10 +194,8 @@ class ExecSession:
         """Close every websocket (idempotent)."""
         self._stop.set()
         for ws in self._sockets.values():
-            try:
+            with contextlib.suppress(OSError, RuntimeError):
                 ws.close()
-            except (OSError, RuntimeError):
-                pass
 
 
 def run_captured(

@@ -85,6 +85,8 @@ def check_idmap_delegation(host_uid: int, host_gid: int) -> None:
         missing.append(f"root:{host_gid}:1 in /etc/subgid")
     if missing:
         raise SessionError(
-            "Incus may not map your user into the container (missing " + " and ".join(missing) + ")",
+            "Incus may not map your user into the container (missing "
+            + " and ".join(missing)
+            + ")",
             hint="run `sudo packaging/host-setup --user $USER` once",
         )

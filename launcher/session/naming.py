@@ -16,7 +16,7 @@ _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 
 def container_prefix() -> str:
-    """The name prefix, `coi-` unless COI_CONTAINER_PREFIX says otherwise (tests use `coi-test-`)."""
+    """The name prefix: `coi-`, or COI_CONTAINER_PREFIX (tests use `coi-test-`)."""
     prefix = os.environ.get("COI_CONTAINER_PREFIX", DEFAULT_PREFIX)
     if not _PREFIX_RE.match(prefix):
         raise UsageError(
@@ -35,7 +35,9 @@ def workspace_hash(workspace: Path) -> str:
 def container_name(workspace: Path, slot: int, prefix: str | None = None) -> str:
     """The container name of a workspace's slot."""
     check_slot(slot, allow_auto=False)
-    return f"{prefix if prefix is not None else container_prefix()}{workspace_hash(workspace)}-{slot}"
+    return (
+        f"{prefix if prefix is not None else container_prefix()}{workspace_hash(workspace)}-{slot}"
+    )
 
 
 def check_slot(slot: int, *, allow_auto: bool = True) -> int:
@@ -44,7 +46,8 @@ def check_slot(slot: int, *, allow_auto: bool = True) -> int:
     if not low <= slot <= MAX_SLOT:
         raise UsageError(
             f"slot {slot} is out of range",
-            hint=f"use a slot from 1 to {MAX_SLOT}" + (", or 0 for the first free one" if allow_auto else ""),
+            hint=f"use a slot from 1 to {MAX_SLOT}"
+            + (", or 0 for the first free one" if allow_auto else ""),
         )
     return slot
 

@@ -58,9 +58,9 @@ class Teardown:
     """A stack of undo steps, run in reverse order."""
 
     def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self._steps: list[tuple[str, Callable[[], object]]] = []
 
-    def push(self, description: str, undo: Callable[[], None]) -> None:
+    def push(self, description: str, undo: Callable[[], object]) -> None:
         """Register how to undo what a phase just did."""
         self._steps.append((description, undo))
 

@@ -48,7 +48,9 @@ def resolve_workspace(path: Path) -> Path:
     """The workspace as an absolute path; it must exist and be a directory."""
     absolute = Path(os.path.abspath(path))
     if not absolute.exists():
-        raise WorkspaceError(f"workspace {absolute} does not exist", hint="create it or pass -w DIR")
+        raise WorkspaceError(
+            f"workspace {absolute} does not exist", hint="create it or pass -w DIR"
+        )
     if not absolute.is_dir():
         raise WorkspaceError(
             f"workspace {absolute} is not a directory", hint="pass a directory with -w DIR"
@@ -89,6 +91,8 @@ class Sandbox:
             "LANG": "C.UTF-8",
             "TERM": os.environ.get("TERM", "xterm-256color"),
             "COI_WORKSPACE": "/workspace",
+            # Node-based agents use the system store too (CAs added on the host at build).
+            "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt",
             "COI_CONTAINER": self.name,
         }
         env.update(extra)
@@ -114,7 +118,9 @@ def choose_slot(
             return slot, info
         raise SessionError(
             f"slot {slot} of this workspace is taken by container {name} ({info.status.lower()})",
-            hint="pick another --slot, omit --slot for the first free one, or `coi kill " + name + "`",
+            hint="pick another --slot, omit --slot for the first free one, or `coi kill "
+            + name
+            + "`",
         )
     if persistent:
         for n in range(1, MAX_SLOT + 1):
@@ -132,33 +138,18 @@ def choose_slot(
 
 def _require_image(client: IncusClient, image: str) -> None:
     if client.image_by_alias(image) is None:
-        hint = "build it with `coi build`" if image == "coi" else (
-            f"build it with `coi build custom {image} --script FILE`, or check `coi image list`"
+        hint = (
+            "build it with `coi build`"
+            if image == "coi"
+            else (
+                f"build it with `coi build custom {image} --script FILE`, or check `coi image list`"
+            )
         )
         raise ImageError(f"image {image!r} not found in Incus project {client.project}", hint=hint)
 
 
-def _wait_operations_for(client: IncusClient, name: str, timeout: float = 30.0) -> None:
-    """Wait for running operations that touch instance `name` (e.g. an interrupted create)."""
-    deadline = time.monotonic() + timeout
-    needle = f"/1.0/instances/{name}"
-    while time.monotonic() < deadline:
-        try:
-            ops = client.get("operations", recursion="1").get("running") or []
-        except IncusError:
-            return
-        busy = [
-            op
-            for op in ops
-            if any(needle == r.split("?")[0] for r in (op.get("resources") or {}).get("instances", []))
-        ]
-        if not busy:
-            return
-        time.sleep(0.1)
-
-
 def _remove_if_ours(client: IncusClient, name: str, nonce: str) -> None:
-    _wait_operations_for(client, name)
+    client.wait_instance_idle(name)
     info = client.instance(name)
     if info is not None and info.config.get(KEY_NONCE) == nonce:
         client.remove_instance(name)
