@@ -6,7 +6,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +58,21 @@ def resolve_workspace(path: Path) -> Path:
     return absolute
 
 
+# Hooks let other features take part in a sandbox's life without this module knowing them:
+# `before_start` runs after the container exists and before its first packet (network
+# policy: fail closed); `after_start` runs once it is up (credentials, ssh agent, timers).
+# Each hook pushes its own undo onto the teardown.
+BeforeStart = Callable[[IncusClient, str, Teardown], None]
+AfterStart = Callable[[IncusClient, "Sandbox", Teardown], None]
+
+
 @dataclass(frozen=True)
 class SandboxRequest:
-    """What the user asked for: workspace, slot, image, persistence, environment."""
+    """What the user asked for: workspace, slot, image, persistence, environment.
+
+    `devices` and `config` are merged into the container (on top of the workspace mount);
+    `before_start` / `after_start` are the hooks described above.
+    """
 
     workspace: Path
     slot: int = 0
@@ -68,6 +80,10 @@ class SandboxRequest:
     persistent: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     wait_for_network: float = 20.0
+    devices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    config: Mapping[str, str] = field(default_factory=dict)
+    before_start: Sequence[BeforeStart] = ()
+    after_start: Sequence[AfterStart] = ()
 
 
 @dataclass(frozen=True)
@@ -178,10 +194,14 @@ def open_sandbox(
     name = container_name(workspace, slot)
     if existing is not None:
         if not existing.running:
+            for hook in request.before_start:
+                hook(client, name, teardown)
             progress.step(f"starting persistent container {name}")
             client.set_state(name, "start")
         sandbox = Sandbox(name, slot, workspace, True, created=False)
         _wait_network(client, sandbox, request, progress)
+        for after in request.after_start:
+            after(client, sandbox, teardown)
         return sandbox
 
     server = client.server_info()
@@ -203,6 +223,7 @@ def open_sandbox(
         image=request.image,
         ephemeral=not request.persistent,
         config={
+            **request.config,
             **mount.config,
             KEY_WORKSPACE: str(workspace),
             KEY_SLOT: str(slot),
@@ -210,12 +231,14 @@ def open_sandbox(
             KEY_OWNER: str(os.getuid()),
             KEY_PERSISTENT: "true" if request.persistent else "false",
         },
-        devices={"workspace": mount.device},
+        devices={**request.devices, "workspace": mount.device},
     )
     progress.step(f"creating container {name} from image {request.image}")
     teardown.push(f"remove container {name}", lambda: _remove_if_ours(client, name, nonce))
     op = client.create_instance_async(spec)
     client.wait_operation(op, f"creating container {name}")
+    for hook in request.before_start:
+        hook(client, name, teardown)
     progress.step(f"starting {name}")
     try:
         client.set_state(name, "start")
@@ -223,6 +246,8 @@ def open_sandbox(
         raise SessionError(f"container {name} failed to start: {exc}") from exc
     sandbox = Sandbox(name, slot, workspace, request.persistent, created=True)
     _wait_network(client, sandbox, request, progress)
+    for after in request.after_start:
+        after(client, sandbox, teardown)
     return sandbox
 
 
