@@ -247,7 +247,12 @@ class NetworkEngine:
             for cid in orphans:
                 self._remove(cid, inv)
                 inv = self._inventory()
-            stopped = self.resolvers.reconcile(c for c in stored if c in wanted)
+            resolving = [
+                cid
+                for cid, e in stored.items()
+                if cid in wanted and e.policy.mode is NetworkMode.ALLOWLIST
+            ]
+            stopped = self.resolvers.reconcile(resolving)
         return ReconcileReport(
             removed=tuple(removed),
             reapplied=tuple(reapplied),
@@ -301,8 +306,9 @@ class NetworkEngine:
         self._store(entry)
         compiled = ruleset.compile_policy(target, policy, attachment.bridge_mac, dns_port)
         commands = self._skeleton_if_missing(inv)
-        commands += ruleset.removal(inv.objects.get(cid, []), inv.elements.get(cid, []))
-        commands += compiled.commands
+        commands += ruleset.replacement(
+            inv.objects.get(cid, []), inv.elements.get(cid, []), compiled, target.veth
+        )
         try:
             self.nft.run(commands)
         except BaseException:

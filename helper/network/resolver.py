@@ -168,13 +168,37 @@ class ResolverManager:
 
     def stop(self, cid: str) -> bool:
         """Stop cid's resolver and remove its files; True if a process was stopped."""
+        pids = set(self.processes().get(cid, []))
         pid = self._pid(cid)
-        stopped = False
         if pid is not None:
-            stopped = _terminate(pid)
+            pids.add(pid)
+        stopped = False
+        for each in sorted(pids):
+            stopped = _terminate(each) or stopped
         for path in self._paths(cid):
             path.unlink(missing_ok=True)
         return stopped
+
+    def processes(self) -> dict[str, list[int]]:
+        """Every live dnsmasq running a configuration of this run directory, by container id.
+
+        Found through /proc rather than pid files, so a helper killed between starting a
+        resolver and recording it cannot leak the process.
+        """
+        marker = f"--conf-file={self.run_dir}/".encode()
+        found: dict[str, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for arg in args:
+                if arg.startswith(marker) and arg.endswith(b".conf"):
+                    cid = arg[len(marker) : -len(b".conf")].decode(errors="replace")
+                    found.setdefault(cid, []).append(int(entry.name))
+        return found
 
     def known(self) -> set[str]:
         """Container ids that have resolver files (running or stale)."""
@@ -185,7 +209,7 @@ class ResolverManager:
     def reconcile(self, keep: Iterable[str]) -> list[str]:
         """Stop every resolver whose container id is not in `keep`; return the ids stopped."""
         wanted = set(keep)
-        gone = sorted(self.known() - wanted)
+        gone = sorted((self.known() | set(self.processes())) - wanted)
         for cid in gone:
             self.stop(cid)
         return gone

@@ -37,7 +37,7 @@ from coi.helper.network.policy import (
     NetworkMode,
     NetworkPolicy,
 )
-from coi.helper.network.target import NetworkTarget
+from coi.helper.network.target import MARK_BASE, NetworkTarget
 
 Json = dict[str, Any]
 
@@ -191,6 +191,8 @@ def skeleton_rules() -> list[Json]:
     return [
         _rule(BRIDGE, "pre", {"vmap": {"key": _meta("iifname"), "data": "@ports"}}),
         _rule(INET, "pre", {"vmap": {"key": _meta("mark"), "data": "@marks"}}),
+        # Fail closed: a coi-marked packet whose container has no chain is dropped.
+        _rule(INET, "pre", _match({"&": [_meta("mark"), MARK_BASE]}, MARK_BASE), DROP),
         _rule(INET, "dns", {"vmap": {"key": _meta("mark"), "data": "@dnsmarks"}}),
     ]
 
@@ -463,3 +465,40 @@ def removal(objects: Iterable[ObjectRef], elements: Iterable[tuple[str, str, Any
     cmds += [{"delete": {"chain": _obj(f, name=n)}} for f, n in chains]
     cmds += [{"delete": {k: _obj(f, name=n)}} for f, k, n in objs if k in ("set", "counter")]
     return cmds
+
+
+def replacement(
+    existing: Iterable[ObjectRef],
+    elements: Iterable[tuple[str, str, Any]],
+    compiled: CompiledPolicy,
+    veth: str,
+) -> list[Json]:
+    """Commands that turn a container's existing objects into the compiled ones, in place.
+
+    Chains, counters and dispatch elements that both policies have are kept (flushed and
+    refilled), so no lookup ever misses while the transaction commits, and counters keep
+    counting. Only what the new policy lacks is deleted; name sets are emptied, since the
+    resolver refills them.
+    """
+    old = list(existing)
+    new = set(compiled.objects)
+    keep_maps = {(BRIDGE, "ports", veth), (INET, "marks", compiled.mark)}
+    if any(kind == "chain" and name.startswith("d_") for _f, kind, name in new):
+        keep_maps.add((INET, "dnsmarks", compiled.mark))
+    stale = [e for e in elements if (e[0], e[1], e[2]) not in keep_maps]
+    cmds: list[Json] = [
+        {"delete": {"element": _obj(family, name=map_name, elem=[key])}}
+        for family, map_name, key in stale
+    ]
+    chains = [(f, n) for f, k, n in old if k == "chain"]
+    cmds += [{"flush": {"chain": _obj(f, name=n)}} for f, n in chains]
+    cmds += [
+        {"delete": {"chain": _obj(f, name=n)}} for f, n in chains if (f, "chain", n) not in new
+    ]
+    for family, kind, name in old:
+        if kind == "set":
+            verb = "flush" if (family, kind, name) in new else "delete"
+            cmds.append({verb: {"set": _obj(family, name=name)}})
+        elif kind == "counter" and (family, kind, name) not in new:
+            cmds.append({"delete": {"counter": _obj(family, name=name)}})
+    return cmds + compiled.commands

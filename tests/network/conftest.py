@@ -11,6 +11,7 @@ from typing import Any
 
 import network_lab as L
 import pytest
+
 from coi.helper.network import (
     AppliedPolicy,
     ContainerKey,
@@ -37,8 +38,8 @@ def lab() -> Iterator[L.Lab]:
     if missing:
         pytest.skip(missing)
     the_lab = L.Lab()
-    the_lab.up()
     try:
+        the_lab.up()
         yield the_lab
     finally:
         the_lab.down()

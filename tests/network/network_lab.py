@@ -112,13 +112,15 @@ class Lab:
         self.pids: list[int] = []
 
     def _spawn(self, ns: str, *args: str) -> subprocess.Popen[str]:
+        log = open(f"/tmp/{ns}-{len(self.pids)}.log", "w")  # noqa: SIM115 (child keeps it)
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=log,
             text=True,
             start_new_session=True,
         )
+        log.close()
         self.pids.append(proc.pid)
         return proc
 
@@ -221,10 +223,20 @@ class Lab:
             ):
                 return
             time.sleep(0.2)
-        raise RuntimeError("the test DNS servers did not come up")
+        logs = {p.name: p.read_text()[-300:] for p in Path("/tmp").glob(f"{PREFIX}*.log")}
+        raise RuntimeError(f"the test DNS servers did not come up: {logs}")
 
     def down(self) -> None:
-        """Stop what this lab started and delete its namespaces (idempotent)."""
+        """Stop what this lab started and delete its namespaces (idempotent).
+
+        Besides the processes it remembers, it stops whatever still runs inside its own
+        namespaces (leftovers of an interrupted run, resolvers of a crashed engine).
+        """
+        for ns in NAMESPACES:
+            if Path(f"/run/netns/{ns}").exists():
+                for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGTERM)
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
