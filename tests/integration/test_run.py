@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from run_harness import PREFIX, Coi, UnixUser, incus_names, sh
 
 from coi.launcher.session.naming import workspace_hash
-
-from .conftest import PREFIX, Coi, TestUser, incus_names, sh
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("coi_image")]
 
@@ -47,7 +46,7 @@ def test_stdout_stderr_separate_and_stdin_passed(
 
 
 def test_files_created_inside_belong_to_the_user(
-    coi: Coi, workspace: Path, run_user: TestUser, no_leftovers: None
+    coi: Coi, workspace: Path, run_user: UnixUser, no_leftovers: None
 ) -> None:
     (workspace / "from-host.txt").write_text("hello")
     os.chown(workspace / "from-host.txt", run_user.uid, run_user.gid)
@@ -211,7 +210,7 @@ def test_invalid_env(coi: Coi, workspace: Path, no_leftovers: None) -> None:
     assert "invalid --env 'NOT VALID'" in _one_clear_error(result)
 
 
-def test_user_without_incus_access_is_told_why(outsider: TestUser, tmp_path: Path) -> None:
+def test_user_without_incus_access_is_told_why(outsider: UnixUser, tmp_path: Path) -> None:
     ws = outsider.home / "ws"
     ws.mkdir(exist_ok=True)
     result = Coi(outsider)("run", "-w", str(ws), "--", "true")
