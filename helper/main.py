@@ -87,12 +87,16 @@ def bind_socket(path: str, mode: int = 0o666) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, mode)
-    sock.listen(128)
+    sock.listen(512)
     return sock
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run the helper until idle or signalled."""
+    if os.geteuid() != 0:
+        raise StartupError(
+            "refusing to serve: coi-helper must start as root (it then keeps only CAP_NET_ADMIN)"
+        )
     from coi.helper.app import HelperApp
 
     check_contract()

@@ -22,6 +22,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -518,6 +519,7 @@ def restart_incus_user(
     os.makedirs(os.path.dirname(INCUS_USER_LOG), exist_ok=True)
     # start_new_session: detached like `setsid`, so it outlives this command.
     log = open(INCUS_USER_LOG, "ab")  # noqa: SIM115 - handed to the detached child
+    started = time.time()
     try:
         proc = subprocess.Popen(
             [INCUS_USER_BIN, "--group", group],
@@ -530,16 +532,19 @@ def restart_incus_user(
         log.close()
     with open(pidfile, "w", encoding="ascii") as f:
         f.write(f"{proc.pid}\n")
+    # Wait for the socket file only: connecting as root would make incus-user set up a
+    # project for uid 0 (with Incus' automatic subnet search).
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(INCUS_USER_SOCKET)
-            return f"restarted incus-user (pid {proc.pid})"
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            probe.close()
+            st = os.stat(INCUS_USER_SOCKET)
+            if stat.S_ISSOCK(st.st_mode) and st.st_ctime >= started - 1:
+                return f"restarted incus-user (pid {proc.pid})"
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
     raise ProvisionError(
         f"incus-user did not come back within {timeout:.0f} s (log {INCUS_USER_LOG})"
     )

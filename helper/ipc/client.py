@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -30,11 +31,20 @@ class VarlinkConnection:
         self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(path)
-        except BaseException:
-            self._sock.close()
-            raise
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._sock.connect(path)
+                break
+            except BlockingIOError:
+                # The service's listen backlog is full (a burst of clients): retry briefly.
+                if time.monotonic() > deadline:
+                    self._sock.close()
+                    raise
+                time.sleep(0.01)
+            except BaseException:
+                self._sock.close()
+                raise
         self._decoder = FrameDecoder(MAX_REPLY)
         self._frames: list[bytes] = []
 

@@ -11,14 +11,15 @@ import json
 import re
 from typing import Any
 
+from helper_fakes import FakeInstances, ScriptedPolkit, make_app, peer_as
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from coi.helper.interface import Action, Authorization, helper_interface
 from coi.helper.ipc.errors import FrameTooLarge, ProtocolError, ValidationError
 from coi.helper.ipc.idl import Bounds, validate_struct
 from coi.helper.ipc.wire import FrameDecoder, decode_json, parse_call
 from coi.helper.names import instance_name_problem, project_name_problem
-from helper_fakes import FakeInstances, ScriptedPolkit, make_app, peer_as
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 EXAMPLES = 2000
 FUZZ = settings(

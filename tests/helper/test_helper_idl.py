@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import varlink.scanner
+
 from coi.helper.interface import check_contract, helper_interface, service_interface
 from coi.helper.ipc.errors import InterfaceSyntaxError, ValidationError
 from coi.helper.ipc.idl import (

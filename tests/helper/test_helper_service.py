@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helper_fakes import FakeInstances, ScriptedPolkit, make_app, peer_as
+
 from coi.helper.app import HelperApp
 from coi.helper.interface import Action, Authorization, Err
 from coi.helper.ipc.wire import Call
 from coi.helper.service import MethodSpec, Service
-from helper_fakes import FakeInstances, ScriptedPolkit, make_app, peer_as
 
 MONITOR = Action.MONITOR.value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from coi.helper.ipc.errors import FrameTooLarge, ProtocolError
 from coi.helper.ipc.wire import (
     Call,
