@@ -15,12 +15,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from coi.helper.identity import PeerIdentity
-from coi.helper.interface import Authorization
 from jeepney import DBusAddress, Message, new_method_call
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 from jeepney.low_level import MessageFlag
 from jeepney.wrappers import DBusErrorResponse, Properties
+
+from coi.helper.identity import PeerIdentity
+from coi.helper.interface import Authorization
 
 log = logging.getLogger(__name__)
 
