@@ -1,0 +1,437 @@
+"""Host integration: what a loaded `Config` means for the sandbox container.
+
+`plan_host_integration` turns the configuration into Incus devices and config keys, the
+environment of the agent, and hooks that run around the container's start:
+
+- host mounts (``[mounts]``, ``--mount``): disk devices with the workspace's ownership mapping;
+- protected paths (``.git/hooks``...) read-only and secret paths hidden, either as a stage
+  tree built by root on the host that root in the container cannot undo (see
+  `coi.launcher.session.hostint_guard`), or, for an unprivileged launcher alone, as plain
+  read-only devices (a weaker guard: root inside can unmount them; `describe` says so);
+- credentials: only the variables asked for (``--forward-env``, ``-e``, ``[env]``), the SSH
+  agent through an Incus proxy device (the key never enters), git user.name/user.email;
+- limits: Incus instance and root-disk keys, and a run-time limit enforced by a detached
+  timer (`coi.launcher.session.hostint_timer`) that outlives the launcher.
+
+Planning does no Incus call; the hooks do theirs when the sandbox starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from coi.launcher.config.limits import describe_limits, incus_limits, resource_limits
+from coi.launcher.config.model import Config
+from coi.launcher.errors import SessionError
+from coi.launcher.incus.client import IncusClient
+from coi.launcher.session.hostint_guard import (
+    StagePlan,
+    anchors_of,
+    build_stage,
+    empty_source,
+    remove_stage,
+)
+from coi.launcher.session.hostint_incus import local_devices, update_instance
+from coi.launcher.session.hostint_timer import start_duration_timer
+from coi.launcher.session.idmap import WORKSPACE_PATH, plan_workspace_mount
+from coi.launcher.session.phases import Teardown
+from coi.launcher.session.sandbox import AfterStart, BeforeStart, Sandbox
+
+CODE_UID = 1000
+CODE_HOME = PurePosixPath("/home/code")
+# The agent socket lives in the code user's home: /run and /tmp are replaced or cleaned by
+# systemd at boot, after the proxy device has created its socket.
+SSH_AGENT_PATH = CODE_HOME / ".coi-ssh-agent.sock"
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class HostIntegration:
+    """Everything the sandbox needs from the configuration.
+
+    Merge `devices` and `config` into `SandboxRequest.devices/config`, `env` into
+    `SandboxRequest.env` (``-e`` values given on the command line win), and append
+    `before_start` / `after_start` to the request's hooks.
+    """
+
+    devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    config: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    before_start: list[BeforeStart] = field(default_factory=list)
+    after_start: list[AfterStart] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        """Lines for ``~/SANDBOX_CONTEXT.md`` and ``coi info`` (what the sandbox may use)."""
+        return list(self.lines)
+
+
+@dataclass(frozen=True)
+class GitIdentity:
+    """The host user's git ``user.name`` and ``user.email`` (either may be empty)."""
+
+    name: str = ""
+    email: str = ""
+
+    def gitconfig(self) -> str:
+        """A ``.gitconfig`` holding only the identity."""
+        lines = ["[user]"]
+        for key, value in (("name", self.name), ("email", self.email)):
+            if value:
+                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'\t{key} = "{escaped}"')
+        return "\n".join(lines) + "\n"
+
+
+def host_git_identity() -> GitIdentity:
+    """Read user.name/user.email from the host's git config (nothing else is taken)."""
+    git = shutil.which("git")
+    if git is None:
+        return GitIdentity()
+
+    def get(key: str) -> str:
+        try:
+            out = subprocess.run(
+                [git, "config", "--get", key], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    return GitIdentity(get("user.name"), get("user.email"))
+
+
+def plan_host_integration(
+    config: Config,
+    workspace: Path,
+    *,
+    host_uid: int,
+    host_gid: int,
+    warnings: list[str],
+    restricted_project: bool = False,
+    idmapped_mounts: bool = True,
+    stage_root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    git_identity: GitIdentity | None = None,
+) -> HostIntegration:
+    """Plan devices, config, environment and hooks for `config` in `workspace`.
+
+    `restricted_project`/`idmapped_mounts` describe the Incus endpoint (as for the workspace
+    mount) so extra mounts get the same ownership mapping. `stage_root`, when given, is a
+    directory where root builds the locked workspace tree (the caller must be root there,
+    e.g. the helper); without it protected paths are plain read-only devices. `environ`
+    (default ``os.environ``) is where forwarded variables and ``SSH_AUTH_SOCK`` are read;
+    `git_identity` defaults to the host's git config. Problems that do not stop the session
+    are appended to `warnings`.
+    """
+    environ = os.environ if environ is None else environ
+    workspace = Path(os.path.realpath(workspace))
+    plan = HostIntegration()
+    shift = (
+        plan_workspace_mount(
+            workspace,
+            host_uid=host_uid,
+            host_gid=host_gid,
+            code_uid=config.incus.code_uid,
+            restricted_project=restricted_project,
+            idmapped_mounts=idmapped_mounts,
+        ).method
+        == "shift"
+    )
+    _plan_mounts(plan, config, shift)
+    _plan_protection(plan, config, workspace, shift, stage_root, warnings)
+    _plan_env(plan, config, environ, warnings)
+    _plan_ssh_agent(plan, config, environ, host_uid, host_gid, warnings)
+    identity = host_git_identity() if git_identity is None else git_identity
+    if identity.name or identity.email:
+        plan.after_start.append(_seed_git_identity(identity, config.incus.code_uid))
+        plan.lines.append(f"git identity: {identity.name} <{identity.email}> (from the host)")
+    _plan_limits(plan, config)
+    return plan
+
+
+# ---------------------------------------------------------------------------- mounts
+def _disk(
+    source: Path | str, path: PurePosixPath | str, *, readonly: bool, shift: bool
+) -> dict[str, str]:
+    device = {"type": "disk", "source": str(source), "path": str(path)}
+    if readonly:
+        device["readonly"] = "true"
+    if shift:
+        device["shift"] = "true"
+    return device
+
+
+def _plan_mounts(plan: HostIntegration, config: Config, shift: bool) -> None:
+    for index, spec in enumerate(config.mounts.default):
+        plan.devices[f"coi-mount-{index}"] = _disk(
+            spec.host, spec.container, readonly=spec.readonly, shift=shift
+        )
+        plan.lines.append(
+            f"host mount: {spec.container} ({'read-only' if spec.readonly else 'read-write'})"
+        )
+
+
+# ---------------------------------------------------------------------------- protection
+def _relative_matches(workspace: Path, pattern: str) -> list[PurePosixPath]:
+    """Workspace-relative paths matching `pattern`, none of them through a symlink."""
+    found = []
+    for match in sorted(
+        glob.glob(pattern, root_dir=workspace, recursive=True, include_hidden=True)
+    ):
+        rel = PurePosixPath(match)
+        if ".." in rel.parts or rel == PurePosixPath("."):
+            continue
+        if os.path.realpath(workspace / rel) != str(workspace / rel):
+            continue  # a symlink (or below one): protecting it would protect something else
+        found.append(rel)
+    return found
+
+
+def protected_paths(
+    workspace: Path, patterns: tuple[str, ...], warnings: list[str]
+) -> tuple[list[PurePosixPath], list[PurePosixPath]]:
+    """The protected paths present in `workspace`, and the placeholders created for them.
+
+    A missing protected path whose parent exists (``.husky`` in a workspace without one,
+    ``.git/hooks`` in a repository without hooks) is created as an empty directory: an
+    agent could otherwise create it and plant files the host runs later.
+    """
+    paths: list[PurePosixPath] = []
+    created: list[PurePosixPath] = []
+    for pattern in patterns:
+        matches = _relative_matches(workspace, pattern)
+        if not matches and not _GLOB_CHARS & set(pattern):
+            rel = PurePosixPath(pattern)
+            parent = workspace / rel.parent
+            if os.path.realpath(parent) == str(parent) and parent.is_dir():
+                try:
+                    (workspace / rel).mkdir(mode=0o755)
+                except OSError as exc:
+                    warnings.append(f"cannot create protected placeholder {rel}: {exc.strerror}")
+                else:
+                    created.append(rel)
+                    matches = [rel]
+            elif not (workspace / rel).exists():
+                warnings.append(
+                    f"protected path {pattern} does not exist and its parent is missing: "
+                    "an agent could create it"
+                )
+        for rel in matches:
+            if rel not in paths:
+                paths.append(rel)
+    # A protected directory covers everything below it.
+    paths = [p for p in paths if not any(q in p.parents for q in paths)]
+    return paths, created
+
+
+def _plan_protection(
+    plan: HostIntegration,
+    config: Config,
+    workspace: Path,
+    shift: bool,
+    stage_root: Path | None,
+    warnings: list[str],
+) -> None:
+    protected: list[PurePosixPath] = []
+    created: list[PurePosixPath] = []
+    if config.security.writable_git_hooks:
+        plan.lines.append("protected paths: none (writable git hooks were asked for)")
+    else:
+        protected, created = protected_paths(
+            workspace, tuple(config.security.protected_paths), warnings
+        )
+    secrets: list[PurePosixPath] = []
+    for pattern in config.security.secret_paths:
+        for rel in _relative_matches(workspace, pattern):
+            if rel not in secrets and rel not in protected:
+                secrets.append(rel)
+    if created:
+        # Registered before the stage hook, so its undo runs after the stage is unmounted
+        # (a directory that is a mountpoint on the host cannot be removed).
+        plan.before_start.append(_remove_placeholders(workspace, created))
+    if not protected and not secrets:
+        return
+    if protected:
+        plan.lines.append(
+            "read-only (protected): " + ", ".join(f"/workspace/{p}" for p in protected)
+        )
+    if secrets:
+        plan.lines.append("hidden (secret): " + ", ".join(f"/workspace/{p}" for p in secrets))
+    if stage_root is not None:
+        stage = StagePlan(
+            workspace=workspace,
+            stage=stage_root,
+            anchors=anchors_of([*protected, *secrets]),
+            protected=tuple(protected),
+            secrets=tuple(secrets),
+        )
+        plan.before_start.append(_use_stage(stage, shift))
+        plan.lines.append("protection: locked mounts (root in the sandbox cannot remove them)")
+        return
+    warnings.append(
+        "protected paths are plain read-only mounts: root in the sandbox (sudo) can unmount "
+        "them; run coi with the helper's locked workspace for a hard guarantee"
+    )
+    plan.lines.append("protection: read-only mounts (root in the sandbox could unmount them)")
+    for index, rel in enumerate(anchors_of([*protected, *secrets])):
+        # Ancestors as mountpoints: a mountpoint cannot be renamed, so `.git` cannot be moved
+        # aside with its read-only hooks and replaced by a writable copy.
+        plan.devices[f"coi-anchor-{index}"] = _disk(
+            workspace / rel, _inside(rel), readonly=False, shift=shift
+        )
+    for index, rel in enumerate(protected):
+        plan.devices[f"coi-protect-{index}"] = _disk(
+            workspace / rel, _inside(rel), readonly=True, shift=shift
+        )
+    for index, rel in enumerate(secrets):
+        source = _user_empty_source((workspace / rel).is_dir())
+        plan.devices[f"coi-secret-{index}"] = _disk(
+            source, _inside(rel), readonly=True, shift=False
+        )
+
+
+def _inside(rel: PurePosixPath) -> PurePosixPath:
+    return PurePosixPath(WORKSPACE_PATH) / rel
+
+
+def _user_empty_source(is_dir: bool) -> Path:
+    """An empty directory or file below the user's cache (Incus restricts disk sources to
+    the home directory in incus-user projects)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return empty_source(is_dir, cache / "coi" / "empty")
+
+
+def _remove_placeholders(workspace: Path, created: list[PurePosixPath]) -> BeforeStart:
+    def hook(_client: IncusClient, name: str, teardown: Teardown) -> None:
+        def undo() -> None:
+            for rel in reversed(created):
+                with contextlib.suppress(OSError):
+                    (workspace / rel).rmdir()  # only if still empty
+
+        teardown.push(f"remove empty protected placeholders of {name}", undo)
+
+    return hook
+
+
+def _use_stage(stage: StagePlan, shift: bool) -> BeforeStart:
+    """Build the stage tree and point the workspace device at it (recursive bind)."""
+
+    def hook(client: IncusClient, name: str, teardown: Teardown) -> None:
+        target = stage.stage / name
+        plan = StagePlan(stage.workspace, target, stage.anchors, stage.protected, stage.secrets)
+        build_stage(plan)
+        teardown.push(f"remove the protected workspace of {name}", lambda: remove_stage(target))
+        devices = local_devices(client, name)
+        workspace = dict(devices.get("workspace") or {})
+        if not workspace:
+            raise SessionError(f"container {name} has no workspace device to protect")
+        workspace.update(source=str(target), recursive="true")
+        if shift:
+            workspace["shift"] = "true"
+        devices["workspace"] = workspace
+        update_instance(client, name, devices=devices)
+
+    return hook
+
+
+# ---------------------------------------------------------------------------- credentials
+def _plan_env(
+    plan: HostIntegration, config: Config, environ: Mapping[str, str], warnings: list[str]
+) -> None:
+    forwarded = []
+    for name in config.env.forward:
+        if name in environ:
+            plan.env[name] = environ[name]
+            forwarded.append(name)
+        else:
+            warnings.append(f"--forward-env {name}: not set on the host, not forwarded")
+    plan.env.update(config.env.set)
+    names = sorted({*forwarded, *config.env.set})
+    if names:
+        plan.lines.append("environment from the host: " + ", ".join(names))
+
+
+def _plan_ssh_agent(
+    plan: HostIntegration,
+    config: Config,
+    environ: Mapping[str, str],
+    host_uid: int,
+    host_gid: int,
+    warnings: list[str],
+) -> None:
+    if not config.ssh.forward_agent:
+        return
+    sock = environ.get("SSH_AUTH_SOCK", "")
+    try:
+        is_socket = bool(sock) and stat.S_ISSOCK(os.stat(sock).st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        warnings.append("--ssh-agent: SSH_AUTH_SOCK is not a running agent's socket; not forwarded")
+        return
+    code = str(config.incus.code_uid)
+    plan.devices["coi-ssh-agent"] = {
+        "type": "proxy",
+        "bind": "container",
+        "listen": f"unix:{SSH_AGENT_PATH}",
+        "connect": f"unix:{os.path.realpath(sock)}",
+        # The host side connects as the user (ssh-agent refuses other uids but root).
+        "security.uid": str(host_uid),
+        "security.gid": str(host_gid),
+        "uid": code,
+        "gid": code,
+        "mode": "0600",
+    }
+    plan.env["SSH_AUTH_SOCK"] = str(SSH_AGENT_PATH)
+    plan.lines.append(f"SSH agent: forwarded at {SSH_AGENT_PATH} (keys stay on the host)")
+
+
+def _seed_git_identity(identity: GitIdentity, code_uid: int) -> AfterStart:
+    def hook(client: IncusClient, sandbox: Sandbox, _teardown: Teardown) -> None:
+        client.push_file(
+            sandbox.name,
+            f"{CODE_HOME}/.gitconfig",
+            identity.gitconfig().encode(),
+            uid=code_uid,
+            gid=code_uid,
+            mode=0o644,
+        )
+
+    return hook
+
+
+# ---------------------------------------------------------------------------- limits
+def _plan_limits(plan: HostIntegration, config: Config) -> None:
+    limits = resource_limits(config.limits)
+    keys = incus_limits(limits)
+    plan.config.update(keys.instance)
+    plan.lines.extend(f"limit: {line}" for line in describe_limits(limits))
+    if keys.root_disk:
+        plan.before_start.append(_root_disk_limits(keys.root_disk))
+    if limits.duration is not None:
+        plan.after_start.append(start_duration_timer(limits.duration.total_seconds()))
+
+
+def _root_disk_limits(keys: Mapping[str, str]) -> BeforeStart:
+    """Override the profile's root device with the limit keys added."""
+
+    def hook(client: IncusClient, name: str, _teardown: Teardown) -> None:
+        meta = client.get(f"instances/{name}")
+        root = dict((meta.get("expanded_devices") or {}).get("root") or {})
+        if not root:
+            raise SessionError(f"container {name} has no root disk to limit")
+        root.update(keys)
+        devices = local_devices(client, name)
+        devices["root"] = root
+        update_instance(client, name, devices=devices)
+
+    return hook

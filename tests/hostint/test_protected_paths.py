@@ -1,0 +1,136 @@
+"""Protected paths stay read-only and secret paths hidden against root in a real container."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import pytest
+from hostint_harness import config_for, started_sandbox
+
+from coi.launcher.errors import SessionError
+from coi.launcher.incus.client import IncusClient
+from coi.launcher.session.hostint_guard import StagePlan, anchors_of, build_stage
+
+pytestmark = pytest.mark.integration
+
+ATTACKS = Path(__file__).with_name("attacks.sh")
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path below `root` (also directories, so new entries show) with its content hash."""
+    result = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel == ".git/index" or rel.startswith((".git/objects", ".git/logs", ".git/refs")):
+            continue
+        result[rel] = (
+            hashlib.sha256(path.read_bytes()).hexdigest()
+            if path.is_file()
+            else f"dir {path.stat().st_mode:o}"
+        )
+    return result
+
+
+def make_repo(ws: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    (ws / ".git/hooks/pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    (ws / ".git/hooks/pre-commit").chmod(0o755)
+    (ws / ".vscode").mkdir()
+    (ws / ".vscode/settings.json").write_text("{}\n")
+    (ws / ".env").write_text("SECRET=hunter2\n")
+    (ws / "secrets").mkdir()
+    (ws / "secrets/key.pem").write_text("SECRET KEY\n")
+    (ws / "README").write_text("hello\n")
+    # In-process tests run as root, so the workspace is mounted with shift=true: files owned
+    # by uid 1000 on the host belong to `code` inside.
+    subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
+
+
+def attack(client: IncusClient, ws: Path, tmp_path: Path) -> dict[str, str]:
+    config = config_for(ws, {"security.secret_paths": [".env", "secrets"]})
+    with started_sandbox(client, ws, config, stage_root=tmp_path / "stage") as box:
+        # The workspace itself stays usable: git works and ordinary files are writable.
+        code, out, err = box.as_code(
+            "git config --global user.email a@b.c && git config --global user.name A && "
+            "echo more >> README && git add README && git commit -qm inside && "
+            "git log --oneline | wc -l && cat .env && ls secrets | wc -l"
+        )
+        assert code == 0, out + err
+        assert out.split() == ["1", "0"], out + err  # one commit; .env empty; secrets/ empty
+        box.client.push_file(box.name, "/root/attacks.sh", ATTACKS.read_bytes(), mode=0o755)
+        code, out, err = box.as_root(["/root/attacks.sh"])
+        assert code == 0, err
+    results = {}
+    for line in out.splitlines():
+        if line.startswith("ATTACK "):
+            name, _, verdict = line[len("ATTACK ") :].partition(": ")
+            results[name] = verdict
+    return results
+
+
+def test_root_in_the_container_cannot_change_protected_paths(
+    client: IncusClient, host_ws: Path, tmp_path: Path
+) -> None:
+    make_repo(host_ws)
+    before = snapshot(host_ws)
+    results = attack(client, host_ws, tmp_path)
+    assert len(results) >= 40, results
+    succeeded = sorted(name for name, verdict in results.items() if verdict != "failed")
+    assert succeeded == [], f"bypasses that worked: {succeeded}"
+    after = snapshot(host_ws)
+    protected = (".git/hooks", ".git/config", ".vscode", ".husky", ".env", "secrets")
+    changed = {
+        k
+        for k in set(before) | set(after)
+        if before.get(k) != after.get(k)
+        if any(k == p or k.startswith(p + "/") for p in protected)
+    }
+    assert changed == set(), f"protected files changed on the host: {changed}"
+    assert (host_ws / ".git/hooks/pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
+    assert (host_ws / ".env").read_text() == "SECRET=hunter2\n"
+    # The agent's ordinary work did reach the host.
+    assert (host_ws / "README").read_text() == "hello\nmore\n"
+    # The placeholder for the missing .husky is removed again (it stayed empty).
+    assert not (host_ws / ".husky").exists()
+    # No mount of the stage is left on the host.
+    assert str(tmp_path / "stage") not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_stage_refuses_a_symlink_instead_of_following_it(tmp_path: Path) -> None:
+    """root builds the stage: a protected path swapped for a symlink to a host directory must
+    not make root bind that directory into the sandbox."""
+    ws = tmp_path / "ws"
+    (ws / ".git").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ws / ".git/hooks").symlink_to(outside)
+    plan = StagePlan(
+        workspace=ws,
+        stage=tmp_path / "stage",
+        anchors=anchors_of([PurePosixPath(".git/hooks")]),
+        protected=(PurePosixPath(".git/hooks"),),
+        secrets=(),
+    )
+    with pytest.raises(SessionError, match="symbolic link"):
+        build_stage(plan)
+    assert str(tmp_path / "stage") not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_plain_read_only_devices_are_what_root_can_undo(client: IncusClient, host_ws: Path) -> None:
+    """Without the locked tree (unprivileged launcher alone) the guard is weaker, and says so:
+    this documents the kernel behaviour that makes the locked tree necessary."""
+    make_repo(host_ws)
+    config = config_for(host_ws, {})
+    with started_sandbox(client, host_ws, config) as box:
+        assert any("root in the sandbox" in w for w in box.warnings)
+        code, _, _ = box.as_code("echo pwn > /workspace/.git/hooks/pre-commit")
+        assert code != 0  # read-only for the agent itself
+        code, out, err = box.as_root(
+            ["sh", "-c", "umount -l /workspace/.git/hooks && echo pwn > /workspace/.git/hooks/x"]
+        )
+    # If this ever fails, Incus or the kernel started locking device mounts: good news, the
+    # plain mode then suffices.
+    assert code == 0, out + err
+    assert (host_ws / ".git/hooks/x").read_text() == "pwn\n"
