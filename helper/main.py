@@ -149,14 +149,15 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    where = listener.getsockname() or args.socket
     log.info(
         "serving on %s (polkit %s, capabilities %s, policy %s)",
-        args.socket,
+        where,
         features.polkit_version or "unavailable",
         ",".join(features.capabilities),
         policy.path if policy.loaded else "defaults",
     )
-    print(f"coi-helper ready on {args.socket}", file=sys.stderr, flush=True)
+    print(f"coi-helper ready on {where}", file=sys.stderr, flush=True)
     server.serve_forever()
     if polkit is not None:
         polkit.close()
@@ -183,9 +184,27 @@ def provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def deprovision(args: argparse.Namespace) -> int:
+    """Remove what provision-user created for a user."""
+    from coi.helper.provision import ProvisionError, deprovision_user, restart_incus_user
+
+    try:
+        done = deprovision_user(args.user, incus_socket=args.incus_socket)
+    except ProvisionError as exc:
+        raise StartupError(str(exc)) from exc
+    for line in done or ["nothing to remove"]:
+        print(line)
+    if args.restart_incus_user and done:
+        print(restart_incus_user())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(prog="coi-helper", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="coi-helper",
+        description="The privileged helper of coi: varlink on a Unix socket, polkit per call.",
+    )
     parser.add_argument("--version", action="version", version=f"coi-helper {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not restart incus-user (it reads the project list only at start)",
     )
     p.set_defaults(func=provision)
+
+    d = sub.add_parser("deprovision-user", help="remove what provision-user created")
+    d.add_argument("user", help="user name or uid")
+    d.add_argument("--incus-socket", default=ADMIN_SOCKET, help="Incus admin socket")
+    d.add_argument(
+        "--no-restart-incus-user",
+        dest="restart_incus_user",
+        action="store_false",
+        help="do not restart incus-user afterwards",
+    )
+    d.set_defaults(func=deprovision)
     return parser
 
 

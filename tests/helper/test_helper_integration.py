@@ -511,6 +511,49 @@ def test_invalid_admin_policy_stops_the_helper(helper_env: HelperEnv) -> None:
     assert str(policy) in proc.stderr and "allowed_modes" in proc.stderr
 
 
+def test_socket_activation(helper_env: HelperEnv) -> None:
+    """The systemd protocol (LISTEN_PID/LISTEN_FDS, fd 3) without systemd: the test binds the
+    socket, hands it over as fd 3 and execs the helper with the environment systemd sets."""
+    from conftest import HELPER
+
+    path = str(helper_env.root_dir / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o666)
+    listener.listen(16)
+    script = 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" serve --no-polkit --idle-timeout 2'
+    fd = listener.fileno()
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", script, HELPER],
+        pass_fds=sorted({fd, 3}),
+        preexec_fn=lambda: os.dup2(fd, 3),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    listener.close()
+    try:
+        if not _pings(path, 20):
+            proc.kill()
+            pytest.fail(f"socket-activated helper did not answer: {proc.communicate()[1]}")
+        assert proc.wait(timeout=20) == 0  # idle exit after the last connection
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _pings(path: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _still_serving(path)
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def test_idle_exit(helper_env: HelperEnv) -> None:
     directory = helper_env.root_dir / "idle"
     directory.mkdir(exist_ok=True)
