@@ -19,12 +19,12 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coi.helper.network import ruleset
+from coi.helper.network import nlcounters, ruleset
 from coi.helper.network.errors import FirewallError, InvalidTarget, NetworkError
 from coi.helper.network.nft import NftBackend, default_backend
 from coi.helper.network.policy import NetworkMode, NetworkPolicy, blocked_policy, parse_policy
@@ -35,7 +35,7 @@ from coi.helper.network.resolver import (
     allocate_port,
     host_upstreams,
 )
-from coi.helper.network.target import ContainerKey, NetworkTarget, inspect_attachment
+from coi.helper.network.target import ContainerKey, NetworkTarget, inspect_attachment, mark_of
 
 DEFAULT_STATE_DIR = Path("/var/lib/coi/network")
 DEFAULT_RUN_DIR = Path("/run/coi/resolvers")
@@ -180,7 +180,8 @@ class NetworkEngine:
     def list_policies(self) -> list[AppliedPolicy]:
         """Every policy the engine holds, with kernel presence and resolver pid filled in."""
         with self._locked():
-            inv = self._inventory()
+            # Deep: `installed` must notice a dispatch element someone deleted by hand.
+            inv = self._inventory(deep=True)
             out = []
             for entry in self._load_all():
                 cid = entry.key.cid
@@ -230,23 +231,23 @@ class NetworkEngine:
         removed: list[ContainerKey] = []
         reapplied: list[ContainerKey] = []
         with self._locked():
-            inv = self._inventory()
+            inv = self._inventory(deep=True)
             stored = {e.key.cid: e for e in self._load_all()}
             for cid, entry in stored.items():
                 if cid not in wanted:
                     self._remove(cid, inv)
                     removed.append(entry.key)
-                    inv = self._inventory()
+                    inv = self._inventory(deep=True)
                 elif not self._complete(entry, inv) or (
                     entry.policy.mode is NetworkMode.ALLOWLIST and self.resolvers.pid(cid) is None
                 ):
-                    self._apply(entry.target, entry.policy)
+                    self._apply(entry.target, entry.policy, inv)
                     reapplied.append(entry.key)
-                    inv = self._inventory()
+                    inv = self._inventory(deep=True)
             orphans = sorted(inv.cids() - set(stored))
             for cid in orphans:
                 self._remove(cid, inv)
-                inv = self._inventory()
+                inv = self._inventory(deep=True)
             resolving = [
                 cid
                 for cid, e in stored.items()
@@ -263,25 +264,23 @@ class NetworkEngine:
     def remove_all(self) -> None:
         """Remove every coi table, resolver and state file (uninstall, tests)."""
         with self._locked():
-            inv = self._inventory()
-            for cid in self.resolvers.known():
+            for cid in self.resolvers.known() | set(self.resolvers.processes()):
                 self.resolvers.stop(cid)
-            if inv.tables:
-                self.nft.run(
-                    [
-                        {"delete": {"table": {"family": f, "name": ruleset.TABLE}}}
-                        for f in sorted(inv.tables)
-                    ]
-                )
+            for family in (ruleset.INET, ruleset.BRIDGE):
+                # One by one: either may be missing, and that is fine here.
+                with contextlib.suppress(FirewallError):
+                    self.nft.run([{"delete": {"table": {"family": family, "name": ruleset.TABLE}}}])
             for path in self._state_files():
                 path.unlink(missing_ok=True)
 
     # --- internals --------------------------------------------------------------------
 
-    def _apply(self, target: NetworkTarget, policy: NetworkPolicy) -> AppliedPolicy:
+    def _apply(
+        self, target: NetworkTarget, policy: NetworkPolicy, inv: _Inventory | None = None
+    ) -> AppliedPolicy:
         attachment = inspect_attachment(target)
         cid = target.key.cid
-        inv = self._inventory()
+        inv = inv or self._inventory()
         owner = inv.marks.get(target.key.mark)
         if owner is not None and ruleset.cid_of(owner) != cid:
             raise FirewallError(
@@ -305,12 +304,16 @@ class NetworkEngine:
         # Intent first: a crash after this point is completed or undone by `reconcile`.
         self._store(entry)
         compiled = ruleset.compile_policy(target, policy, attachment.bridge_mac, dns_port)
-        commands = self._skeleton_if_missing(inv)
-        commands += ruleset.replacement(
-            inv.objects.get(cid, []), inv.elements.get(cid, []), compiled, target.veth
-        )
+
+        def transaction(inv: _Inventory) -> list[Any]:
+            commands = self._skeleton_if_missing(inv)
+            commands += ruleset.replacement(
+                inv.objects.get(cid, []), inv.elements.get(cid, []), compiled, target.veth
+            )
+            return commands
+
         try:
-            self.nft.run(commands)
+            self._run_with_retry(transaction, inv)
         except BaseException:
             # The transaction did not happen (it is atomic): the old state file is the truth.
             if previous is not None:
@@ -352,9 +355,26 @@ class NetworkEngine:
                 ]
             )
         elif cid in inv.cids():
-            self.nft.run(ruleset.removal(inv.objects.get(cid, []), inv.elements.get(cid, [])))
+
+            def transaction(inv: _Inventory) -> list[Any]:
+                commands: list[Any] = ruleset.removal(
+                    inv.objects.get(cid, []), inv.elements.get(cid, [])
+                )
+                return commands
+
+            self._run_with_retry(transaction, inv)
         state.unlink(missing_ok=True)
         return had or stopped
+
+    def _run_with_retry(
+        self, transaction: Callable[[_Inventory], list[Any]], inv: _Inventory
+    ) -> None:
+        """Run the transaction built from `inv`; if the kernel refuses it, build it again from
+        a deep inventory (the quick one assumes nobody else edited coi's tables) and retry."""
+        try:
+            self.nft.run(transaction(inv))
+        except FirewallError:
+            self.nft.run(transaction(self._inventory(deep=True)))
 
     def _skeleton_if_missing(self, inv: _Inventory) -> list[Any]:
         needed = {
@@ -377,7 +397,7 @@ class NetworkEngine:
         cid = entry.key.cid
         have = set(inv.objects.get(cid, []))
         want = {
-            ("bridge", "chain", f"l_{cid}"),
+            ("bridge", "chain", f"l_{cid}_{entry.target.veth}"),
             ("inet", "chain", f"f_{cid}"),
             ("inet", "chain", f"r_{cid}"),
         }
@@ -388,44 +408,70 @@ class NetworkEngine:
 
     def _nft_list(self, what: str, family: str | None = None) -> list[dict[str, Any]]:
         arg = {"family": family} if family else None
-        items: list[dict[str, Any]] = self.nft.run([{"list": {what: arg}}])
+        items: list[dict[str, Any]] = self.nft.run([{"list": {what: arg}}], terse=True)
         return items
 
-    def _inventory(self) -> _Inventory:
+    def _inventory(self, deep: bool = False) -> _Inventory:
+        """The coi objects in the kernel.
+
+        The quick form lists only chains and (terse) sets, which libnftables answers without
+        fetching the whole ruleset, and derives the rest: every container's counters and
+        dispatch elements are created in the same transaction as its chains, the mark follows
+        from the container id, and the veth is part of the layer-2 chain's name. `deep` lists
+        counters and map elements for real (reconcile: someone may have edited the tables).
+        """
         inv = _Inventory()
-        for item in self._nft_list("tables"):
-            table = item.get("table", {})
-            if table.get("name") == ruleset.TABLE and table.get("family") in ("inet", "bridge"):
-                inv.tables.add(table["family"])
-        if not inv.tables:
-            return inv
 
         def ours(obj: dict[str, Any]) -> bool:
-            return bool(obj.get("table") == ruleset.TABLE and obj.get("family") in inv.tables)
+            return bool(
+                obj.get("table") == ruleset.TABLE and obj.get("family") in ("inet", "bridge")
+            )
 
         for item in self._nft_list("chains"):
             chain = item.get("chain", {})
             if not ours(chain):
                 continue
-            cid = ruleset.cid_of(chain["name"])
+            family, name = chain["family"], chain["name"]
+            inv.tables.add(family)
+            cid = ruleset.cid_of(name)
             if cid is None:
-                inv.base_chains.add((chain["family"], chain["name"]))
-            else:
-                inv.objects.setdefault(cid, []).append((chain["family"], "chain", chain["name"]))
+                inv.base_chains.add((family, name))
+                continue
+            inv.objects.setdefault(cid, []).append((family, "chain", name))
+            if deep:
+                continue
+            mark = mark_of(cid)
+            if name.startswith("l_"):
+                inv.objects[cid] += [
+                    (family, "counter", f"out_{cid}"),
+                    (family, "counter", f"l2_{cid}"),
+                ]
+                inv.elements.setdefault(cid, []).append((family, "ports", name[len("l_") + 13 :]))
+            elif name.startswith("f_"):
+                inv.objects[cid].append((family, "counter", f"rej_{cid}"))
+                inv.elements.setdefault(cid, []).append((family, "marks", mark))
+                inv.marks[mark] = name
+            elif name.startswith("d_"):
+                inv.elements.setdefault(cid, []).append((family, "dnsmarks", mark))
         if "inet" in inv.tables:
             for item in self._nft_list("sets", "inet"):
                 s = item.get("set", {})
                 cid = ruleset.cid_of(s.get("name", "")) if ours(s) else None
                 if cid is not None:
                     inv.objects.setdefault(cid, []).append((s["family"], "set", s["name"]))
-        for item in self._nft_list("counters"):
-            c = item.get("counter", {})
-            cid = ruleset.cid_of(c.get("name", "")) if ours(c) else None
-            if cid is not None:
-                inv.objects.setdefault(cid, []).append((c["family"], "counter", c["name"]))
-        for item in self._nft_list("maps"):
+        if deep and inv.tables:
+            self._deep_inventory(inv)
+        return inv
+
+    def _deep_inventory(self, inv: _Inventory) -> None:
+        for family in sorted(inv.tables):
+            for name in nlcounters.read_counters(family, ruleset.TABLE):
+                cid = ruleset.cid_of(name)
+                if cid is not None:
+                    inv.objects.setdefault(cid, []).append((family, "counter", name))
+        for item in self.nft.run([{"list": {"maps": None}}]):
             m = item.get("map", {})
-            if not ours(m):
+            if m.get("table") != ruleset.TABLE or m.get("family") not in inv.tables:
                 continue
             for elem in m.get("elem", []):
                 key, verdict = elem[0], elem[1]
@@ -436,7 +482,6 @@ class NetworkEngine:
                 inv.elements.setdefault(cid, []).append((m["family"], m["name"], key))
                 if m["name"] == "marks":
                     inv.marks[int(key)] = chain_name
-        return inv
 
     def _read_named_counters(self, cid: str) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
@@ -445,21 +490,7 @@ class NetworkEngine:
             ("bridge", f"l2_{cid}"),
             ("inet", f"rej_{cid}"),
         ):
-            try:
-                items = self.nft.run(
-                    [
-                        {
-                            "list": {
-                                "counter": {"family": family, "table": ruleset.TABLE, "name": name}
-                            }
-                        }
-                    ]
-                )
-            except FirewallError:
-                continue
-            for item in items:
-                c = item.get("counter", {})
-                out[name] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+            out.update(nlcounters.read_counters(family, ruleset.TABLE, name))
         return out
 
     # --- state files ------------------------------------------------------------------

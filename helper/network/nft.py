@@ -44,8 +44,11 @@ class NftBackend(Protocol):
 
     name: str
 
-    def run(self, commands: list[Json]) -> list[Json]:
-        """Run `commands` atomically; return the `nftables` array of the output (may be empty)."""
+    def run(self, commands: list[Json], terse: bool = False) -> list[Json]:
+        """Run `commands` atomically; return the `nftables` array of the output (may be empty).
+
+        `terse` leaves set elements out of listings.
+        """
         ...
 
 
@@ -100,9 +103,10 @@ class LibNftables:
         # One nft context is not safe for concurrent use.
         self._lock = threading.Lock()
 
-    def run(self, commands: list[Json]) -> list[Json]:
+    def run(self, commands: list[Json], terse: bool = False) -> list[Json]:
         """Run `commands` as one transaction."""
         with self._lock:
+            self._nft.set_terse_output(terse)
             rc, output, error = self._nft.json_cmd(_document(commands))
         if rc != 0:
             raise FirewallError(f"nftables refused the transaction: {str(error).strip()}")
@@ -120,10 +124,10 @@ class NftCommand:
             raise FirewallError("the nft command was not found; install the nftables package")
         self._nft = found
 
-    def run(self, commands: list[Json]) -> list[Json]:
+    def run(self, commands: list[Json], terse: bool = False) -> list[Json]:
         """Run `commands` as one transaction."""
         proc = subprocess.run(
-            [self._nft, "-j", "-f", "-"],
+            [self._nft, "-j", *(["-t"] if terse else []), "-f", "-"],
             input=json.dumps(_document(commands)),
             capture_output=True,
             text=True,

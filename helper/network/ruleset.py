@@ -229,7 +229,9 @@ def compile_policy(
     allowlist = policy.mode is NetworkMode.ALLOWLIST
     if allowlist and dns_port is None:
         raise ValueError("mode allowlist needs the resolver's port")
-    l2, flt, rej, dns = f"l_{cid}", f"f_{cid}", f"r_{cid}", f"d_{cid}"
+    # The layer-2 chain carries the veth in its name, so a quick chain listing tells which
+    # `ports` element points at it.
+    l2, flt, rej, dns = f"l_{cid}_{target.veth}", f"f_{cid}", f"r_{cid}", f"d_{cid}"
     out_c, l2_c, rej_c = f"out_{cid}", f"l2_{cid}", f"rej_{cid}"
 
     objects: list[ObjectRef] = [

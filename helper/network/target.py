@@ -53,7 +53,12 @@ class ContainerKey:
     @property
     def mark(self) -> int:
         """The packet mark of the container's frames (unique per cid with high probability)."""
-        return MARK_BASE | (int(self.cid[:8], 16) & MARK_MASK)
+        return mark_of(self.cid)
+
+
+def mark_of(cid: str) -> int:
+    """The packet mark that belongs to a container id."""
+    return MARK_BASE | (int(cid[:8], 16) & MARK_MASK)
 
 
 @dataclass(frozen=True)

@@ -304,10 +304,10 @@ def test_firewall_errors_leave_the_old_policy(lab: L.Lab, engine: LabEngine, app
         def __init__(self, inner: Any) -> None:
             self.inner = inner
 
-        def run(self, commands: list[Any]) -> list[Any]:
+        def run(self, commands: list[Any], terse: bool = False) -> list[Any]:
             if any("add" in c and "rule" in c["add"] for c in commands):
                 raise FirewallError("nftables refused the transaction: test")
-            result: list[Any] = self.inner.run(commands)
+            result: list[Any] = self.inner.run(commands, terse)
             return result
 
     real = engine.engine.nft
