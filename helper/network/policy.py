@@ -174,6 +174,8 @@ def parse_policy(raw: object) -> NetworkPolicy:
     """Validate a JSON-shaped policy and return it typed; raise `InvalidPolicy` on any defect."""
     if not isinstance(raw, Mapping):
         raise InvalidPolicy("policy", "must be an object")
+    # varlink sends absent optional fields as null.
+    raw = {k: v for k, v in raw.items() if v is not None}
     for key in raw:
         if not isinstance(key, str) or key not in _ALL_FIELDS:
             raise InvalidPolicy(str(key), f"is unknown (known: {', '.join(sorted(_ALL_FIELDS))})")
@@ -279,6 +281,7 @@ def _parse_name(text: str, where: str) -> str:
 def _parse_allow_entry(raw: object, where: str) -> AllowEntry:
     if not isinstance(raw, Mapping):
         raise InvalidPolicy(where, "must be an object with 'target' and optional 'ports'")
+    raw = {k: v for k, v in raw.items() if v is not None}
     _check_keys(raw, frozenset({"target", "ports"}), where)
     target = raw["target"]
     if not isinstance(target, str) or not target:
@@ -310,6 +313,7 @@ def _hosts(value: object) -> tuple[HostException, ...]:
         where = f"hosts[{i}]"
         if not isinstance(item, Mapping):
             raise InvalidPolicy(where, "must be an object with 'target', 'ports' and 'name'")
+        item = {k: v for k, v in item.items() if v is not None}
         _check_keys(item, frozenset({"target", "ports", "name"}), where)
         target = item["target"]
         if not isinstance(target, str) or not _looks_like_address(target):
