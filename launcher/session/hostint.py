@@ -307,7 +307,8 @@ def _user_empty_source(is_dir: bool) -> Path:
     """An empty directory or file below the user's cache (Incus restricts disk sources to
     the home directory in incus-user projects)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return empty_source(is_dir, cache / "coi" / "empty")
+    path: Path = empty_source(is_dir, cache / "coi" / "empty")
+    return path
 
 
 def _remove_placeholders(workspace: Path, created: list[PurePosixPath]) -> BeforeStart:
