@@ -59,7 +59,10 @@ CAP_NAMES = [
     "checkpoint_restore",
 ]
 CAP_NET_ADMIN = CAP_NAMES.index("net_admin")
+# What the helper keeps. A feature that proves it needs more adds it here, with the reason.
 KEEP = (CAP_NET_ADMIN,)
+# What programs executed by the helper inherit (ambient, a subset of KEEP); none so far.
+AMBIENT: tuple[int, ...] = ()
 
 PR_SET_DUMPABLE = 4
 PR_GET_SECUREBITS = 27
@@ -68,6 +71,7 @@ PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 SECBIT_NOROOT = 1 << 0
@@ -137,8 +141,8 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _prctl(libc: ctypes.CDLL, option: int, arg2: int = 0, what: str = "") -> int:
-    rc = int(libc.prctl(option, ctypes.c_ulong(arg2), 0, 0, 0))
+def _prctl(libc: ctypes.CDLL, option: int, arg2: int = 0, what: str = "", arg3: int = 0) -> int:
+    rc = int(libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), 0, 0))
     if rc < 0:
         err = ctypes.get_errno()
         raise HardeningError(f"prctl {what or option} failed: {os.strerror(err)}")
@@ -165,19 +169,24 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def _capset(libc: ctypes.CDLL, mask: int) -> None:
+def _capset(libc: ctypes.CDLL, mask: int, inheritable: int = 0) -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     for i in range(2):
         word = (mask >> (32 * i)) & 0xFFFFFFFF
         data[i].effective = word
         data[i].permitted = word
-        data[i].inheritable = 0
+        data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
     if libc.capset(ctypes.byref(header), data) != 0:
         raise HardeningError(f"capset failed: {os.strerror(ctypes.get_errno())}")
 
 
-def _drop_with_capng(keep: tuple[int, ...]) -> bool:
+def _raise_ambient(libc: ctypes.CDLL, ambient: tuple[int, ...]) -> None:
+    for cap in ambient:
+        _prctl(libc, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, f"PR_CAP_AMBIENT_RAISE({cap})", cap)
+
+
+def _drop_with_capng(keep: tuple[int, ...], ambient: tuple[int, ...], libc: ctypes.CDLL) -> bool:
     try:
         import capng  # distro package python3-cap-ng only: optional
     except ImportError:
@@ -186,33 +195,55 @@ def _drop_with_capng(keep: tuple[int, ...]) -> bool:
     for cap in keep:
         capng.capng_update(capng.CAPNG_ADD, capng.CAPNG_EFFECTIVE | capng.CAPNG_PERMITTED, cap)
         capng.capng_update(capng.CAPNG_ADD, capng.CAPNG_BOUNDING_SET, cap)
+    for cap in ambient:
+        capng.capng_update(capng.CAPNG_ADD, capng.CAPNG_INHERITABLE, cap)
     if capng.capng_apply(capng.CAPNG_SELECT_BOTH) != 0:
         raise HardeningError("capng_apply failed")
+    _prctl(libc, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")
+    _raise_ambient(libc, ambient)
     if capng.capng_lock() != 0:
         raise HardeningError("capng_lock failed")
     return True
 
 
-def drop_privileges(keep: tuple[int, ...] = KEEP) -> ProcessCaps:
+def _drop_with_prctl(keep: tuple[int, ...], ambient: tuple[int, ...], libc: ctypes.CDLL) -> None:
+    mask = sum(1 << c for c in keep)
+    amb = sum(1 << c for c in ambient)
+    setpcap = 1 << CAP_NAMES.index("setpcap")
+    had_setpcap = bool(read_caps().effective & setpcap)
+    # Under systemd (CapabilityBoundingSet=, SecureBits=) parts are done already, and
+    # CAP_SETPCAP is gone: only do what is still missing.
+    for cap in range(_last_cap() + 1):
+        if cap not in keep and _prctl(libc, PR_CAPBSET_READ, cap, "PR_CAPBSET_READ") == 1:
+            _prctl(libc, PR_CAPBSET_DROP, cap, f"PR_CAPBSET_DROP({cap})")
+    # Keep CAP_SETPCAP until the securebits are locked, then shed it too.
+    _capset(libc, mask | (setpcap if had_setpcap else 0), amb)
+    _prctl(libc, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")
+    _raise_ambient(libc, ambient)
+    bits = _prctl(libc, PR_GET_SECUREBITS, 0, "PR_GET_SECUREBITS")
+    if bits & LOCKED_SECUREBITS != LOCKED_SECUREBITS:
+        _prctl(libc, PR_SET_SECUREBITS, bits | LOCKED_SECUREBITS, "PR_SET_SECUREBITS")
+    _capset(libc, mask, amb)
+
+
+def drop_privileges(
+    keep: tuple[int, ...] = KEEP, ambient: tuple[int, ...] = AMBIENT
+) -> ProcessCaps:
     """Keep only `keep` (locked), set no-new-privs and non-dumpable; verify; return the result.
 
-    Must run as root before any thread is started. Raises HardeningError on any failure.
+    `ambient` (a subset of `keep`) are handed on to programs the helper executes (e.g. a
+    resolver that must bind port 53); everything else is lost on exec. Must run as root
+    before any thread is started. Raises HardeningError on any failure.
     """
     if os.geteuid() != 0:
         raise HardeningError("coi-helper must start as root to drop to CAP_NET_ADMIN")
+    if not set(ambient) <= set(keep):
+        raise HardeningError("ambient capabilities must be a subset of the kept ones")
     libc = _libc()
     mask = sum(1 << c for c in keep)
-    if not _drop_with_capng(keep):
-        # Under systemd (CapabilityBoundingSet=, SecureBits=) parts are done already, and
-        # CAP_SETPCAP is gone: only do what is still missing.
-        for cap in range(_last_cap() + 1):
-            if cap not in keep and _prctl(libc, PR_CAPBSET_READ, cap, "PR_CAPBSET_READ") == 1:
-                _prctl(libc, PR_CAPBSET_DROP, cap, f"PR_CAPBSET_DROP({cap})")
-        bits = _prctl(libc, PR_GET_SECUREBITS, 0, "PR_GET_SECUREBITS")
-        if bits & LOCKED_SECUREBITS != LOCKED_SECUREBITS:
-            _prctl(libc, PR_SET_SECUREBITS, bits | LOCKED_SECUREBITS, "PR_SET_SECUREBITS")
-        _capset(libc, mask)
-    _prctl(libc, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")
+    amb = sum(1 << c for c in ambient)
+    if not _drop_with_capng(keep, ambient, libc):
+        _drop_with_prctl(keep, ambient, libc)
     _prctl(libc, PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
     _prctl(libc, PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
     caps = read_caps()
@@ -221,8 +252,8 @@ def drop_privileges(keep: tuple[int, ...] = KEEP) -> ProcessCaps:
         problems.append(f"effective/permitted are {caps.effective:#x}/{caps.permitted:#x}")
     if caps.bounding & ~mask:
         problems.append(f"bounding set is {caps.bounding:#x}")
-    if caps.inheritable or caps.ambient:
-        problems.append("inheritable or ambient capabilities remain")
+    if caps.inheritable != amb or caps.ambient != amb:
+        problems.append(f"inheritable/ambient are {caps.inheritable:#x}/{caps.ambient:#x}")
     if not caps.no_new_privs:
         problems.append("no-new-privs is not set")
     bits = _prctl(libc, PR_GET_SECUREBITS, 0, "PR_GET_SECUREBITS")

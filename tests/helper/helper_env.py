@@ -1,7 +1,7 @@
-"""Session fixtures for the helper's integration tests: real users, a private D-Bus system bus
-with a real polkitd, the polkit files, provisioned incus-user projects, real containers and a
-real `coi-helper serve` process on a temporary socket. Everything is created here and removed
-at the end; nothing of the host's own dbus/polkitd/incusd is stopped.
+"""Session fixture and tools for the helper's integration tests: real users, a private
+D-Bus system bus with a real polkitd, the polkit files, provisioned incus-user projects, real
+containers and a real `coi-helper serve` process on a temporary socket. Everything is created
+here and removed at the end; nothing of the host's own dbus/polkitd/incusd is stopped.
 
 The private bus (not the host's) lets the tests stop *their* polkitd to check that only root is
 served without polkit, and has no service activation, so nothing restarts it behind our back.

@@ -1,5 +1,7 @@
 """coi-helper end to end: a real helper process, real users, real dbus+polkitd, real Incus."""
 
+# ruff: noqa: E402  (helper_env must be registered for assertion rewriting before its import)
+
 from __future__ import annotations
 
 import os
@@ -12,11 +14,13 @@ from typing import Any
 
 import pytest
 
+pytest.register_assert_rewrite("helper_env")
+
 # Imported here, before any fork: the forked clients run as test users who cannot read this
 # interpreter's files (it may live under /root), so they must not import anything new.
 import varlink
 import varlink.scanner
-from conftest import (
+from helper_env import (
     HelperEnv,
     User,
     as_user,
@@ -39,6 +43,9 @@ from coi.launcher.helper_client import (
 )
 
 pytestmark = pytest.mark.integration
+# The session fixture `helper_env` lives in helper_env.py (not a conftest.py: several test
+# folders import helpers from their conftest, and two modules named `conftest` collide).
+pytest_plugins = ["helper_env"]
 
 H = "org.codeonincus.Helper."
 NET_ADMIN = 1 << 12
@@ -492,7 +499,7 @@ def test_admin_policy_is_reported(helper_env: HelperEnv) -> None:
 
 
 def test_invalid_admin_policy_stops_the_helper(helper_env: HelperEnv) -> None:
-    from conftest import HELPER
+    from helper_env import HELPER
 
     policy = helper_env.root_dir / "bad-policy.toml"
     policy.write_text('allowed_modes = ["everything"]\n')
@@ -514,7 +521,7 @@ def test_invalid_admin_policy_stops_the_helper(helper_env: HelperEnv) -> None:
 def test_socket_activation(helper_env: HelperEnv) -> None:
     """The systemd protocol (LISTEN_PID/LISTEN_FDS, fd 3) without systemd: the test binds the
     socket, hands it over as fd 3 and execs the helper with the environment systemd sets."""
-    from conftest import HELPER
+    from helper_env import HELPER
 
     path = str(helper_env.root_dir / "activated.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -590,3 +597,37 @@ def test_provisioning_is_idempotent_and_deterministic(helper_env: HelperEnv) -> 
 
     out, err = as_user(helper_env.alice, incus_list)["value"]
     assert helper_env.alice_container in out, err
+
+
+def _caps_after_drop(keep: tuple[int, ...], ambient: tuple[int, ...]) -> list[int]:
+    """Drop in a forked child; return [own effective, own bounding, exec'd child's effective]."""
+    from coi.helper.hardening import drop_privileges
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            caps = drop_privileges(keep, ambient)
+            out = subprocess.run(
+                ["grep", "^CapEff", "/proc/self/status"], capture_output=True, text=True
+            ).stdout
+            child = int(out.split()[1], 16)
+            os.write(w, f"{caps.effective} {caps.bounding} {child}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return [int(x) for x in data.split()]
+
+
+def test_privilege_drop_and_what_executed_programs_inherit() -> None:
+    from coi.helper.hardening import CAP_NAMES, KEEP
+
+    bind = CAP_NAMES.index("net_bind_service")
+    eff, bnd, child = _caps_after_drop(KEEP, ())
+    assert eff == bnd == NET_ADMIN and child == 0  # nothing survives an exec by default
+    eff, bnd, child = _caps_after_drop((*KEEP, bind), (bind,))
+    assert eff == bnd == NET_ADMIN | 1 << bind
+    assert child == 1 << bind  # only the ambient capability is handed on
