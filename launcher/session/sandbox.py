@@ -84,6 +84,10 @@ class SandboxRequest:
     config: Mapping[str, str] = field(default_factory=dict)
     before_start: Sequence[BeforeStart] = ()
     after_start: Sequence[AfterStart] = ()
+    # None: an Incus-ephemeral container unless persistent. Interactive sessions pass False
+    # so that a `poweroff` inside leaves a stopped container whose session data can still be
+    # saved before coi deletes it.
+    incus_ephemeral: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,9 @@ def open_sandbox(
     spec = InstanceSpec(
         name=name,
         image=request.image,
-        ephemeral=not request.persistent,
+        ephemeral=(
+            not request.persistent if request.incus_ephemeral is None else request.incus_ephemeral
+        ),
         config={
             **request.config,
             **mount.config,

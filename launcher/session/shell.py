@@ -1,0 +1,535 @@
+"""`coi shell` and `coi attach`: an agent in a tmux session inside the sandbox, bridged to
+the user's terminal through the Incus exec websocket API.
+
+Life of a session: create (or reuse) the slot's container → check the tool's binary → copy
+credentials, restore saved state (`--resume`), write ~/SANDBOX_CONTEXT.md → start the tool in
+tmux as `code` → attach. When the attach ends, what happened decides the rest:
+- detached (tmux prefix d): everything stays; `coi attach` returns to it;
+- the tool exited: its state is saved, then the container is deleted (ephemeral) or
+  stopped (persistent);
+- `sudo poweroff` inside: the stopped container is started once more to save the state;
+- the container vanished: the state saved by the periodic sync is what remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from coi.launcher.errors import CoiError, IncusError, SessionError, UsageError
+from coi.launcher.incus.client import IncusClient
+from coi.launcher.incus.exec import ExecRequest, run_captured
+from coi.launcher.progress import Progress, warn
+from coi.launcher.session.context import (
+    SandboxContext,
+    binary_present,
+    capture_state,
+    code_environment,
+    copy_credentials,
+    exec_as_code,
+    install_context,
+    restore_state,
+)
+from coi.launcher.session.phases import Teardown, phased
+from coi.launcher.session.sandbox import (
+    CODE_UID,
+    KEY_PERSISTENT,
+    KEY_SLOT,
+    KEY_WORKSPACE,
+    Sandbox,
+    SandboxRequest,
+    open_sandbox,
+    resolve_workspace,
+)
+from coi.launcher.session.store import (
+    SessionMeta,
+    SessionStore,
+    check_session_id,
+    new_session_id,
+    now_iso,
+)
+from coi.launcher.session.tools import ToolSpec, known_tools
+from coi.launcher.terminal import TerminalExec, bridge, terminal_size
+
+TMUX_SESSION = "coi"
+TMUX_CONF = "/etc/coi-tmux.conf"
+EXIT_FILE = "/tmp/coi-tool-exit"
+KEY_SESSION = "user.coi.session"
+KEY_TOOL = "user.coi.tool"
+KEY_IMAGE = "user.coi.image"
+# Seconds between background saves of the tool's state while a session is attached.
+DEFAULT_SYNC_SECONDS = 60.0
+# The status line would take a row from the pane: the tool sees exactly the outer size.
+TMUX_CONFIG = b"""\
+set -g status off
+set -g history-limit 50000
+set -sg escape-time 10
+set -g window-size latest
+setw -g aggressive-resize on
+set -g default-terminal "screen-256color"
+"""
+
+
+@dataclass(frozen=True)
+class ShellRequest:
+    """A `coi shell`: the sandbox, the tool and how to run it."""
+
+    sandbox: SandboxRequest
+    tool: ToolSpec
+    permission_mode: str = "bypass"
+    model: str = ""
+    debug: bool = False
+    background: bool = False
+    resume: str | None = None  # None: fresh; "": latest of this workspace; else an id
+    network_mode: str = "restricted"
+    limits: Mapping[str, str] = field(default_factory=dict)
+    protected_paths: Sequence[str] = ()
+    ssh_agent: bool = False
+    host_home: Path = field(default_factory=Path.home)
+    sync_seconds: float = DEFAULT_SYNC_SECONDS
+
+
+class Outcome(StrEnum):
+    """How an attach ended."""
+
+    DETACHED = "detached"
+    ENDED = "ended"
+    POWERED_OFF = "powered-off"
+    LOST = "lost"
+
+
+def update_instance_config(client: IncusClient, name: str, changes: Mapping[str, str]) -> None:
+    """Set config keys on an existing container (PATCH keeps the other keys)."""
+    # IncusClient has no config update yet; this is the one place that goes below it.
+    api: Any = client._api
+    try:
+        response = api.instances[name].patch(json={"config": dict(changes)})
+        response.raise_for_status()
+    except Exception as exc:  # pylxd/requests errors: report as one sentence
+        raise IncusError(f"updating the configuration of {name}: {exc}") from exc
+
+
+def run_as_code(client: IncusClient, name: str, argv: Sequence[str]) -> tuple[int, str]:
+    """Run a short command as `code`; (exit code, stdout+stderr text)."""
+    code, out, err = exec_as_code(client, name, argv)
+    return code, (out + err).decode(errors="replace")
+
+
+def tmux_running(client: IncusClient, name: str) -> bool:
+    """Whether the session's tmux session exists in the container."""
+    code, _ = run_as_code(client, name, ["tmux", "has-session", "-t", TMUX_SESSION])
+    return code == 0
+
+
+def _tool_exit_code(client: IncusClient, name: str) -> int:
+    try:
+        return int(client.pull_file(name, EXIT_FILE).decode().strip() or 0)
+    except (IncusError, ValueError):
+        return 0
+
+
+# ---------------------------------------------------------------------------- saving
+def save_state(
+    client: IncusClient, name: str, spec: ToolSpec, store: SessionStore, meta: SessionMeta
+) -> SessionMeta:
+    """Copy the tool's state out of the container into the store; returns the new meta."""
+    archive = capture_state(client, name, spec)
+    store.write_state(meta, archive)
+    saved = meta.with_(saved_at=now_iso())
+    store.write_meta(saved)
+    return saved
+
+
+class PeriodicSave:
+    """Saves the tool's state every `interval` seconds in a thread (own Incus connection),
+    so a container deleted from outside still leaves recent session data."""
+
+    def __init__(
+        self,
+        client: IncusClient,
+        name: str,
+        spec: ToolSpec,
+        store: SessionStore,
+        meta: SessionMeta,
+        interval: float,
+    ) -> None:
+        self._args = (name, spec, store)
+        self._endpoint = client.endpoint
+        self.meta = meta
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            client = IncusClient(self._endpoint)
+        except CoiError:
+            return
+        name, spec, store = self._args
+        while not self._stop.wait(self._interval):
+            try:
+                self.meta = save_state(client, name, spec, store, self.meta)
+            except CoiError:
+                continue
+
+    def __enter__(self) -> PeriodicSave:
+        if self._interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
+# ---------------------------------------------------------------------------- attaching
+def attach_terminal(client: IncusClient, name: str, *, bash: bool = False) -> int:
+    """Bridge this terminal to the container's tmux session (or a new bash with `bash`)."""
+    width, height = terminal_size()
+    command = ["bash", "-l"] if bash else ["tmux", "attach-session", "-t", TMUX_SESSION]
+    session = TerminalExec.open(
+        client,
+        name,
+        ExecRequest(
+            command=command,
+            environment=code_environment(),
+            user=CODE_UID,
+            group=CODE_UID,
+            cwd="/workspace",
+            interactive=True,
+            width=width,
+            height=height,
+        ),
+    )
+    return bridge(session)
+
+
+def classify(client: IncusClient, name: str) -> Outcome:
+    """What state the session is in after an attach ended."""
+    info = client.instance(name)
+    if info is None:
+        return Outcome.LOST
+    if not info.running:
+        return Outcome.POWERED_OFF
+    try:
+        return Outcome.DETACHED if tmux_running(client, name) else Outcome.ENDED
+    except IncusError:
+        return Outcome.LOST if client.instance(name) is None else Outcome.POWERED_OFF
+
+
+def _stop(client: IncusClient, name: str) -> None:
+    try:
+        client.set_state(name, "stop", timeout=10)
+    except IncusError:
+        client.set_state(name, "stop", force=True)
+
+
+def conclude(
+    client: IncusClient,
+    name: str,
+    outcome: Outcome,
+    spec: ToolSpec,
+    store: SessionStore,
+    meta: SessionMeta,
+    *,
+    release: Callable[[], object] | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Finish a session after its attach ended; returns coi's exit code.
+
+    `release` undoes what the `coi shell` that created the container set up (its teardown,
+    which deletes an ephemeral container too); without it the container alone is deleted.
+    """
+    progress = progress or Progress()
+    if outcome is Outcome.DETACHED:
+        store.write_meta(meta.with_(status="detached"))
+        print(f"coi: detached; `coi attach {name}` returns to the session", file=sys.stderr)
+        return 0
+    if outcome is Outcome.LOST:
+        store.write_meta(meta.with_(status="lost", ended_at=now_iso()))
+        saved = f"saved at {meta.saved_at}" if meta.saved_at else "none was saved"
+        print(
+            f"coi: container {name} disappeared (deleted from outside?); the session ended "
+            f"and its data is in {store.directory(meta.tool, meta.id)} ({saved})",
+            file=sys.stderr,
+        )
+        if release is not None:
+            release()
+        return 1
+    code = 0
+    if outcome is Outcome.POWERED_OFF:
+        progress.step(f"{name} was powered off; starting it once more to save the session")
+        client.set_state(name, "start")
+    else:
+        code = _tool_exit_code(client, name)
+    progress.step(f"saving {spec.name} session data")
+    try:
+        meta = save_state(client, name, spec, store, meta)
+    except CoiError as exc:
+        warn(f"could not save the session data: {exc}")
+    store.write_meta(meta.with_(status="ended", ended_at=now_iso(), exit_code=code))
+    info = client.instance(name)
+    persistent = info is not None and info.config.get(KEY_PERSISTENT) == "true"
+    if persistent:
+        progress.step(f"stopping persistent container {name}")
+        _stop(client, name)
+    else:
+        progress.step(f"deleting container {name}")
+    if release is not None:
+        release()
+    elif not persistent:
+        client.remove_instance(name)
+    print(f"coi: session {meta.id} saved; `coi shell --resume` continues it", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------- coi shell
+def _start_tool(client: IncusClient, sandbox: Sandbox, request: ShellRequest, resume: bool) -> None:
+    argv = (
+        ["bash", "-l"]
+        if request.debug
+        else request.tool.command(
+            permission_mode=request.permission_mode, model=request.model, resume=resume
+        )
+    )
+    env = sandbox.base_environment({**request.tool.env, **request.sandbox.env})
+    width, height = terminal_size()
+    script = f'rm -f {EXIT_FILE}; "$@"; echo $? > {EXIT_FILE}'
+    command = [
+        "tmux", "-f", TMUX_CONF, "new-session", "-d", "-s", TMUX_SESSION,
+        "-x", str(width), "-y", str(height), "-c", "/workspace",
+        "bash", "-c", script, "coi-tool", *argv,
+    ]  # fmt: skip
+    code, out, err = run_captured(
+        client,
+        sandbox.name,
+        ExecRequest(
+            command=command, environment=env, user=CODE_UID, group=CODE_UID, cwd="/workspace"
+        ),
+    )
+    if code != 0:
+        raise SessionError(
+            f"could not start {shlex.join(argv)} in tmux in {sandbox.name}: "
+            f"{(out + err).decode(errors='replace').strip()[:300]}"
+        )
+
+
+def _prepare(
+    client: IncusClient,
+    sandbox: Sandbox,
+    request: ShellRequest,
+    store: SessionStore,
+    resumed: SessionMeta | None,
+    progress: Progress,
+) -> None:
+    spec = request.tool
+    if not request.debug and not binary_present(client, sandbox.name, spec.binary):
+        raise SessionError(
+            f"tool {spec.name} needs the command {spec.binary!r}, which is not in image "
+            f"{request.sandbox.image!r}",
+            hint="rebuild the image (`coi build --force`), or build a custom image that "
+            "installs it (`coi build custom NAME --script FILE`)",
+        )
+    client.push_file(sandbox.name, TMUX_CONF, TMUX_CONFIG, mode=0o644)
+    if resumed is not None:
+        archive = store.read_state(resumed)
+        if archive:
+            progress.step(f"restoring session {resumed.id}")
+            restore_state(client, sandbox.name, archive)
+    copied = copy_credentials(client, sandbox.name, spec, request.host_home)
+    if copied:
+        progress.step(f"copied {spec.name} credentials: {', '.join(copied)}")
+    install_context(
+        client,
+        sandbox.name,
+        spec,
+        SandboxContext(
+            container=sandbox.name,
+            workspace=str(sandbox.workspace),
+            slot=sandbox.slot,
+            tool=spec.name,
+            persistent=sandbox.persistent,
+            network_mode=request.network_mode,
+            limits=request.limits,
+            protected_paths=request.protected_paths,
+            ssh_agent=request.ssh_agent,
+        ),
+    )
+
+
+def _existing_meta(
+    client: IncusClient, sandbox: Sandbox, store: SessionStore, request: ShellRequest
+) -> SessionMeta | None:
+    info = client.instance(sandbox.name)
+    session_id = info.config.get(KEY_SESSION, "") if info else ""
+    try:
+        return store.find(session_id) if session_id else None
+    except UsageError:
+        return None
+
+
+def run_shell(client: IncusClient, request: ShellRequest, progress: Progress | None = None) -> int:
+    """`coi shell`: start (or rejoin) the slot's session and attach this terminal to it."""
+    progress = progress or Progress()
+    if not request.background and not (os.isatty(0) and os.isatty(1)):
+        raise UsageError(
+            "coi shell needs a terminal on stdin and stdout",
+            hint="use `coi run -- CMD` for non-interactive work, or `coi shell --background`",
+        )
+    store = SessionStore.default()
+    workspace = resolve_workspace(request.sandbox.workspace)
+    spec = request.tool
+    resumed = (
+        store.resolve_resume(workspace, spec.name, request.resume)
+        if request.resume is not None
+        else None
+    )
+    session_id = new_session_id()
+    teardown = Teardown()
+    with phased(teardown, on_failure_only=True):
+        sandbox_request = replace(
+            request.sandbox,
+            workspace=workspace,
+            incus_ephemeral=False,
+            config={
+                **request.sandbox.config,
+                KEY_SESSION: session_id,
+                KEY_TOOL: spec.name,
+                KEY_IMAGE: request.sandbox.image,
+            },
+        )
+        sandbox = open_sandbox(client, sandbox_request, teardown, progress)
+        meta = None
+        if not sandbox.created and tmux_running(client, sandbox.name):
+            meta = _existing_meta(client, sandbox, store, request)
+            progress.step(f"rejoining the running session in {sandbox.name}")
+        if meta is None:
+            if not sandbox.created:
+                update_instance_config(
+                    client, sandbox.name, {KEY_SESSION: session_id, KEY_TOOL: spec.name}
+                )
+            meta = SessionMeta(
+                id=session_id,
+                tool=spec.name,
+                workspace=str(workspace),
+                slot=sandbox.slot,
+                container=sandbox.name,
+                image=request.sandbox.image,
+                persistent=sandbox.persistent,
+                started_at=now_iso(),
+                resumed_from=resumed.id if resumed else "",
+            )
+            _prepare(client, sandbox, request, store, resumed, progress)
+            progress.step(f"starting {'bash' if request.debug else spec.name} in {sandbox.name}")
+            _start_tool(client, sandbox, request, resume=resumed is not None)
+            store.write_meta(meta)
+        if request.background:
+            store.write_meta(meta.with_(status="detached"))
+            print(sandbox.name)
+            print(
+                f"coi: {spec.name} runs in the background in {sandbox.name}; "
+                f"`coi attach {sandbox.name}` connects to it",
+                file=sys.stderr,
+            )
+            return 0
+        started = meta
+        teardown.push(
+            "save session data", lambda: save_state(client, sandbox.name, spec, store, started)
+        )
+        # An IncusError from the attach means the container went away: classify() says so.
+        with (
+            PeriodicSave(client, sandbox.name, spec, store, started, request.sync_seconds) as sync,
+            contextlib.suppress(IncusError),
+        ):
+            attach_terminal(client, sandbox.name)
+        meta = sync.meta
+        teardown.discard("save session data")
+        outcome = classify(client, sandbox.name)
+        if outcome is Outcome.DETACHED:
+            return conclude(client, sandbox.name, outcome, spec, store, meta, progress=progress)
+        info = client.instance(sandbox.name)
+        if info is not None and info.config.get(KEY_PERSISTENT) == "true":
+            teardown.discard(f"remove container {sandbox.name}")
+        return conclude(
+            client,
+            sandbox.name,
+            outcome,
+            spec,
+            store,
+            meta,
+            release=teardown.run,
+            progress=progress,
+        )
+
+
+# ---------------------------------------------------------------------------- coi attach
+def session_of(client: IncusClient, name: str, store: SessionStore) -> tuple[ToolSpec, SessionMeta]:
+    """The tool spec and saved-session record of a running container (created if missing)."""
+    info = client.instance(name)
+    if info is None:
+        raise SessionError(f"container {name} does not exist", hint="`coi list` shows sessions")
+    tool_name = info.config.get(KEY_TOOL, "shell")
+    tools = known_tools()
+    spec = tools.get(tool_name) or tools["shell"]
+    session_id = info.config.get(KEY_SESSION, "")
+    meta = None
+    try:
+        meta = store.find(check_session_id(session_id)) if session_id else None
+    except UsageError:
+        meta = None
+    if meta is None:
+        meta = SessionMeta(
+            id=session_id or new_session_id(),
+            tool=spec.name,
+            workspace=info.config.get(KEY_WORKSPACE, ""),
+            slot=int(info.config.get(KEY_SLOT, "0") or 0),
+            container=name,
+            image=info.config.get(KEY_IMAGE, ""),
+            persistent=info.config.get(KEY_PERSISTENT) == "true",
+            started_at=info.created_at,
+        )
+    return spec, meta
+
+
+def run_attach(
+    client: IncusClient,
+    name: str,
+    *,
+    bash: bool = False,
+    sync_seconds: float = DEFAULT_SYNC_SECONDS,
+    progress: Progress | None = None,
+) -> int:
+    """`coi attach NAME`: rejoin a session; finish it when the tool ended meanwhile."""
+    progress = progress or Progress()
+    if not (os.isatty(0) and os.isatty(1)):
+        raise UsageError("coi attach needs a terminal on stdin and stdout")
+    store = SessionStore.default()
+    spec, meta = session_of(client, name, store)
+    info = client.instance(name)
+    if info is None or not info.running:
+        raise SessionError(
+            f"container {name} is not running",
+            hint="`coi shell --persistent` restarts a persistent session",
+        )
+    if not bash and not tmux_running(client, name):
+        raise SessionError(
+            f"no tmux session runs in {name} (the tool has exited)",
+            hint=f"`coi attach {name} --bash` opens a shell there; `coi shutdown {name}` ends it",
+        )
+    with PeriodicSave(client, name, spec, store, meta, sync_seconds) as sync:
+        try:
+            code = attach_terminal(client, name, bash=bash)
+        except IncusError:
+            code = 1
+    if bash:
+        return code
+    return conclude(client, name, classify(client, name), spec, store, sync.meta, progress=progress)
