@@ -18,13 +18,18 @@ def _tcp(port: int) -> None:
     srv.listen(64)
     while True:
         conn, _ = srv.accept()
-        conn.settimeout(2)
-        try:
-            conn.sendall(conn.recv(64))
-        except OSError:
-            pass
-        finally:
-            conn.close()
+        threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+
+def _echo(conn: socket.socket) -> None:
+    conn.settimeout(30)
+    try:
+        while data := conn.recv(64):
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 def _udp(port: int) -> None:

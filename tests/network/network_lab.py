@@ -92,7 +92,7 @@ def probe(ns: str, *args: str) -> dict[str, Any]:
     proc = nsexec(ns, sys.executable, str(HERE / "probe.py"), *args, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"probe {args} in {ns} crashed: {proc.stderr.strip()}")
-    result: dict[str, Any] = json.loads(proc.stdout)
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -190,6 +190,8 @@ class Lab:
             "dnsmasq",
             "--keep-in-foreground",
             "--conf-file=/dev/null",
+            # No pid file: the default one (/run/dnsmasq.pid) is shared, and refused if present.
+            "--pid-file=",
             "--no-resolv",
             "--no-hosts",
         )

@@ -17,6 +17,7 @@ import random
 import socket
 import struct
 import sys
+import time
 
 TIMEOUT = 2.0
 
@@ -33,6 +34,25 @@ def tcp(addr: str, port: int) -> dict[str, object]:
         s.sendall(b"ping")
         data = s.recv(16)
         return {"ok": data == b"ping", "detail": f"echo {data!r}"}
+    except OSError as exc:
+        return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    finally:
+        s.close()
+
+
+def hold(addr: str, port: int, pause: float) -> dict[str, object]:
+    """Echo once, wait `pause` seconds on the open connection, then echo again."""
+    s = socket.socket(_family(addr), socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    try:
+        s.connect((addr, port))
+        s.sendall(b"one")
+        first = s.recv(16)
+        print(json.dumps({"connected": first == b"one"}), flush=True)
+        time.sleep(pause)
+        s.sendall(b"two")
+        second = s.recv(16)
+        return {"ok": second == b"two", "detail": f"second echo {second!r}"}
     except OSError as exc:
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -176,6 +196,8 @@ def main(argv: list[str]) -> int:
         result = tcp(argv[1], int(argv[2]))
     elif kind == "udp":
         result = udp(argv[1], int(argv[2]))
+    elif kind == "hold":
+        result = hold(argv[1], int(argv[2]), float(argv[3]))
     elif kind == "icmp":
         result = icmp(argv[1])
     elif kind == "dns":

@@ -6,6 +6,9 @@ an address the lab created (tests/network/network_lab.py).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +120,34 @@ def test_blocked_matrix_cuts_established_connections(
     assert not L.probe(L.C1, "dns", L.GW4, "gw.test")["ok"]
     entry = engine.get(key_of("c1"))
     assert entry is not None and entry.policy.mode.value == "blocked" and entry.generation == 2
+
+
+def test_quarantine_cuts_an_open_connection(lab: L.Lab, engine: LabEngine, apply: Apply) -> None:
+    apply("c1", {"mode": "restricted"})
+    holder = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            L.C1,
+            sys.executable,
+            str(L.HERE / "probe.py"),
+            "hold",
+            L.NET4,
+            str(L.TCP_PORT),
+            "1.5",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert json.loads(holder.stdout.readline()) == {"connected": True}
+    engine.quarantine(key_of("c1"))
+    out, _ = holder.communicate(timeout=30)
+    assert json.loads(out)["ok"] is False
+    # The control: without quarantine, the same held connection keeps working.
+    apply("c1", {"mode": "restricted"})
+    assert L.probe(L.C1, "hold", L.NET4, str(L.TCP_PORT), "0.2")["ok"]
 
 
 def test_policies_are_per_container(lab: L.Lab, engine: LabEngine, apply: Apply) -> None:
