@@ -8,6 +8,7 @@ root or in `incus-admin` (which is root-equivalent through Incus already).
 from __future__ import annotations
 
 import grp
+import importlib
 from dataclasses import dataclass
 
 from coi.helper import __version__
@@ -16,6 +17,7 @@ from coi.helper.identity import PeerIdentity
 from coi.helper.incus import InstanceSource
 from coi.helper.interface import (
     INTERFACE,
+    METHOD_TYPES,
     Action,
     Authorization,
     Caller,
@@ -35,9 +37,14 @@ from coi.helper.ipc.idl import Bounds
 from coi.helper.names import check_instance_name, check_project_name
 from coi.helper.policy import Policy
 from coi.helper.server import ServerLimits
-from coi.helper.service import MethodSpec, Service
+from coi.helper.service import Contribution, MethodSpec, Service
 
 ADMIN_GROUP = "incus-admin"
+
+# Feature packages add methods without editing this file: each module named here (if it exists)
+# defines `helper_methods(app: HelperApp) -> list[Contribution]`; the interface lines of those
+# methods live in org.codeonincus.Helper.varlink like all others.
+EXTENSIONS = ("coi.helper.network.ipc", "coi.helper.monitor.ipc")
 
 
 def user_project(uid: int) -> str:
@@ -92,6 +99,7 @@ class HelperApp:
         limits: ServerLimits,
         bounds: Bounds | None = None,
         admin_group: str = ADMIN_GROUP,
+        extensions: tuple[str, ...] = EXTENSIONS,
     ) -> None:
         self.policy = policy
         self.authorizer = authorizer
@@ -100,6 +108,7 @@ class HelperApp:
         self.limits = limits
         self.bounds = bounds or Bounds()
         self.admin_gid = group_id(admin_group)
+        self.extensions = extensions
 
     def is_admin(self, peer: PeerIdentity) -> bool:
         """True for root and for processes holding the incus-admin group."""
@@ -120,8 +129,21 @@ class HelperApp:
             MethodSpec("DescribeInstance", Action.MONITOR, self.describe_instance),
         ]
 
+    def contributions(self) -> list[Contribution]:
+        """Methods contributed by the feature modules in `extensions` that are installed."""
+        found: list[Contribution] = []
+        for name in self.extensions:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name is not None and name.startswith(exc.name):
+                    continue  # that feature is not part of this build
+                raise
+            found.extend(module.helper_methods(self))
+        return found
+
     def service(self) -> Service:
-        """The varlink service with org.codeonincus.Helper registered."""
+        """The varlink service with org.codeonincus.Helper registered (TypeError on drift)."""
         svc = Service(
             vendor="coi (code on incus)",
             product="coi-helper",
@@ -129,7 +151,14 @@ class HelperApp:
             url="https://github.com/code-on-incus/coi",
             bounds=self.bounds,
         )
-        svc.add_interface(helper_interface(), self.methods())
+        specs = self.methods()
+        types = dict(METHOD_TYPES)
+        for extra in self.contributions():
+            if extra.spec.name in types:
+                raise TypeError(f"{extra.spec.name} is contributed twice")
+            specs.append(extra.spec)
+            types[extra.spec.name] = (extra.input_type, extra.output_type)
+        svc.add_interface(helper_interface(), specs, types)
         return svc
 
     def ipc_limits(self) -> Limits:

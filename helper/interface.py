@@ -110,6 +110,7 @@ class Nic:
 
     name: str
     host_name: str
+    network: str
     hwaddr: str
     addresses: list[str]
 

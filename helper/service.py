@@ -57,6 +57,15 @@ class MethodSpec:
     streaming: bool = False
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """A method a feature package adds to org.codeonincus.Helper, with its dataclasses."""
+
+    spec: MethodSpec
+    input_type: type
+    output_type: type
+
+
 @dataclass
 class _Registered:
     iface: Interface

@@ -4,15 +4,18 @@ test (dispatch, validation, authorisation, ownership) is always the real one."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from coi.helper.app import CallerContext, HelperApp
 from coi.helper.authz import Authorizer
 from coi.helper.identity import PeerIdentity, read_start_time
-from coi.helper.interface import Authorization, Err, Features, InstanceInfo, Nic
+from coi.helper.incus import Attachment
+from coi.helper.interface import Action, Authorization, Err, Features, InstanceInfo, Nic
 from coi.helper.ipc.errors import VarlinkError
 from coi.helper.policy import Policy
 from coi.helper.polkit import Decision
 from coi.helper.server import ServerLimits
+from coi.helper.service import Contribution, MethodSpec
 
 FEATURES = Features(
     peer_pidfd=True,
@@ -37,7 +40,7 @@ class FakeInstances:
             project=project,
             status="Running",
             pid=1,
-            nics=[Nic("eth0", "veth1234", "10:66:6a:00:00:01", ["10.0.0.2/24"])],
+            nics=[Nic("eth0", "veth1234", "coibr0", "10:66:6a:00:00:01", ["10.0.0.2/24"])],
             cgroup=f"/lxc.payload.{project}_{name}",
         )
         self.items[(project, name)] = info
@@ -51,6 +54,11 @@ class FakeInstances:
             raise VarlinkError(
                 Err.NO_SUCH_INSTANCE, {"instance": instance, "project": project}
             ) from None
+
+    def attachment(self, project: str, instance: str, nic: str = "eth0") -> Attachment:
+        info = self.describe(project, instance)
+        found = next(n for n in info.nics if n.name == nic)
+        return Attachment(project, instance, nic, found.host_name, found.network, "10.0.0.1", None)
 
 
 class ScriptedPolkit:
@@ -75,6 +83,7 @@ def make_app(
     polkit: ScriptedPolkit | None = None,
     instances: FakeInstances | None = None,
     policy: Policy | None = None,
+    extensions: tuple[str, ...] = (),
 ) -> HelperApp:
     return HelperApp(
         policy=policy or Policy(),
@@ -82,8 +91,32 @@ def make_app(
         instances=instances or FakeInstances(),
         features=FEATURES,
         limits=ServerLimits(),
+        extensions=extensions,
     )
 
 
 def context(app: HelperApp, peer: PeerIdentity) -> CallerContext:
     return app.context(peer)
+
+
+# ----------------------------------------------------- a feature module contributing a method
+@dataclass(frozen=True)
+class ReconcileIn:
+    """No parameters."""
+
+
+@dataclass(frozen=True)
+class ReconcileOut:
+    removed: list[str]
+    reapplied: list[str]
+
+
+def helper_methods(app: HelperApp) -> list[Contribution]:
+    """What a feature package's `ipc` module provides (here: Reconcile, admin action)."""
+
+    def reconcile(ctx: CallerContext, _params: ReconcileIn) -> ReconcileOut:
+        return ReconcileOut(removed=["gone"], reapplied=[])
+
+    return [
+        Contribution(MethodSpec("Reconcile", Action.ADMIN, reconcile), ReconcileIn, ReconcileOut)
+    ]

@@ -631,3 +631,25 @@ def test_privilege_drop_and_what_executed_programs_inherit() -> None:
     eff, bnd, child = _caps_after_drop((*KEEP, bind), (bind,))
     assert eff == bnd == NET_ADMIN | 1 << bind
     assert child == 1 << bind  # only the ambient capability is handed on
+
+
+def test_attachment_is_read_from_incus(helper_env: HelperEnv) -> None:
+    from coi.helper.incus import PylxdInstances
+    from coi.helper.ipc.errors import VarlinkError
+
+    env = helper_env
+    source = PylxdInstances()
+    wait_for(
+        lambda: bool(source.describe("default", env.root_container).nics[0].host_name),
+        30,
+        "the root test container's veth",
+    )
+    att = source.attachment("default", env.root_container)
+    assert att.bridge == "coibr0" and att.gateway4 == "10.211.47.1" and att.gateway6 is None
+    assert Path(f"/sys/class/net/{att.veth}/master").resolve().name == "coibr0"
+    # alice's container is stopped and its veth name is not pinned: no answer, not a guess.
+    with pytest.raises(VarlinkError, match="host_name"):
+        source.attachment(env.alice.project, env.alice_container)
+    # Her bridge is her own, with the subnet provision-user chose.
+    nic = source.describe(env.alice.project, env.alice_container).nics[0]
+    assert nic.network == f"incusbr-{env.alice.uid}" and nic.host_name == ""

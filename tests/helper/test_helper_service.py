@@ -239,3 +239,20 @@ def test_registration_refuses_drift() -> None:
         )
     with pytest.raises(TypeError):
         svc.add_interface(helper_interface(), [MethodSpec("NoSuchMethod", None, lambda c, p: p)])
+
+
+def test_feature_modules_contribute_methods() -> None:
+    app = make_app(ScriptedPolkit(), extensions=("helper_fakes", "coi.helper.no_such_feature.ipc"))
+    reply = one(app, 0, H + "Reconcile", {})
+    assert reply == {"parameters": {"removed": ["gone"], "reapplied": []}}
+    # The contributed method's polkit action applies like any other.
+    assert one(app, 1001, H + "Reconcile", {})["error"] == Err.PERMISSION_DENIED
+    # Without the module, the interface still lists it but nothing implements it.
+    assert one(make_app(), 0, H + "Reconcile", {})["error"] == Err.METHOD_NOT_IMPLEMENTED
+
+
+def test_attachment_comes_from_incus_facts() -> None:
+    inst = FakeInstances()
+    inst.add("user-1001", "c1")
+    att = inst.attachment("user-1001", "c1")
+    assert (att.veth, att.bridge, att.gateway4) == ("veth1234", "coibr0", "10.0.0.1")
