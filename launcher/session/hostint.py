@@ -68,6 +68,10 @@ class HostIntegration:
     before_start: list[BeforeStart] = field(default_factory=list)
     after_start: list[AfterStart] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    # For `SandboxContext`: protected paths inside, limits by label, agent forwarded or not.
+    protected_paths: list[str] = field(default_factory=list)
+    limits: dict[str, str] = field(default_factory=dict)
+    ssh_agent: bool = False
 
     def describe(self) -> list[str]:
         """Lines for ``~/SANDBOX_CONTEXT.md`` and ``coi info`` (what the sandbox may use)."""
@@ -260,6 +264,7 @@ def _plan_protection(
         plan.before_start.append(_remove_placeholders(workspace, created))
     if not protected and not secrets:
         return
+    plan.protected_paths = [str(_inside(p)) for p in protected]
     if protected:
         plan.lines.append(
             "read-only (protected): " + ", ".join(f"/workspace/{p}" for p in protected)
@@ -277,11 +282,11 @@ def _plan_protection(
         plan.before_start.append(_use_stage(stage, shift))
         plan.lines.append("protection: locked mounts (root in the sandbox cannot remove them)")
         return
-    warnings.append(
-        "protected paths are plain read-only mounts: root in the sandbox (sudo) can unmount "
-        "them; run coi with the helper's locked workspace for a hard guarantee"
+    # Not a warning on every run: `describe` (coi info, SANDBOX_CONTEXT.md) states it.
+    plan.lines.append(
+        "protection: read-only mounts; root in the sandbox (sudo) could unmount them "
+        "(the locked workspace built by root on the host closes this)"
     )
-    plan.lines.append("protection: read-only mounts (root in the sandbox could unmount them)")
     for index, rel in enumerate(anchors_of([*protected, *secrets])):
         # Ancestors as mountpoints: a mountpoint cannot be renamed, so `.git` cannot be moved
         # aside with its read-only hooks and replaced by a writable copy.
@@ -393,6 +398,7 @@ def _plan_ssh_agent(
         "mode": "0600",
     }
     plan.env["SSH_AUTH_SOCK"] = str(SSH_AGENT_PATH)
+    plan.ssh_agent = True
     plan.lines.append(f"SSH agent: forwarded at {SSH_AGENT_PATH} (keys stay on the host)")
 
 
@@ -415,7 +421,10 @@ def _plan_limits(plan: HostIntegration, config: Config) -> None:
     limits = resource_limits(config.limits)
     keys = incus_limits(limits)
     plan.config.update(keys.instance)
-    plan.lines.extend(f"limit: {line}" for line in describe_limits(limits))
+    for line in describe_limits(limits):
+        label, _, value = line.partition(": ")
+        plan.limits[label] = value
+        plan.lines.append(f"limit: {line}")
     if keys.root_disk:
         plan.before_start.append(_root_disk_limits(keys.root_disk))
     if limits.duration is not None:
@@ -436,3 +445,28 @@ def _root_disk_limits(keys: Mapping[str, str]) -> BeforeStart:
         update_instance(client, name, devices=devices)
 
     return hook
+
+
+def plan_for_client(
+    client: IncusClient,
+    config: Config,
+    workspace: Path,
+    *,
+    warnings: list[str],
+    stage_root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    git_identity: GitIdentity | None = None,
+) -> HostIntegration:
+    """`plan_host_integration` for the calling user and the endpoint `client` talks to."""
+    return plan_host_integration(
+        config,
+        workspace,
+        host_uid=os.getuid(),
+        host_gid=os.getgid(),
+        warnings=warnings,
+        restricted_project=client.endpoint.mode == "user",
+        idmapped_mounts=client.server_info().idmapped_mounts,
+        stage_root=stage_root,
+        environ=environ,
+        git_identity=git_identity,
+    )

@@ -8,6 +8,9 @@ In-process tests drive `open_sandbox` with a request built from `plan_host_integ
 from __future__ import annotations
 
 import os
+import pwd
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,11 +21,14 @@ from coi.launcher.config import Config, ConfigPaths, load_config
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.incus.exec import ExecRequest, run_captured
 from coi.launcher.progress import Progress
-from coi.launcher.session.hostint import GitIdentity, HostIntegration, plan_host_integration
+from coi.launcher.session.hostint import GitIdentity, HostIntegration, plan_for_client
 from coi.launcher.session.phases import Teardown
 from coi.launcher.session.sandbox import CODE_UID, Sandbox, SandboxRequest, open_sandbox
 
 PREFIX = "coi-test-host-"
+# The console script next to the test interpreter (CI: a venv every user may execute);
+# COI_TEST_BIN points elsewhere when the test venv is private (e.g. under /root).
+COI = os.environ.get("COI_TEST_BIN") or str(Path(sys.executable).with_name("coi"))
 
 
 def isolated_paths(root: Path) -> ConfigPaths:
@@ -90,13 +96,11 @@ def started_sandbox(
 ) -> Iterator[Started]:
     """A sandbox for `workspace` with the host integration of `config`; removed afterwards."""
     warnings: list[str] = []
-    plan = plan_host_integration(
+    plan = plan_for_client(
+        client,
         config,
         workspace,
-        host_uid=os.getuid(),
-        host_gid=os.getgid(),
         warnings=warnings,
-        idmapped_mounts=client.server_info().idmapped_mounts,
         stage_root=stage_root,
         environ=environ if environ is not None else {},
         git_identity=GitIdentity(),
@@ -133,3 +137,46 @@ def wait_gone(client: IncusClient, name: str, timeout: float) -> float:
 
 def leftovers(client: IncusClient) -> list[str]:
     return [i.name for i in client.instances(PREFIX)]
+
+
+@dataclass(frozen=True)
+class UnixUser:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+
+def unix_user(name: str) -> UnixUser:
+    """A real unprivileged user (created if missing) whose home others may enter."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        entry = pwd.getpwnam(name)
+    os.chmod(entry.pw_dir, 0o755)
+    return UnixUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+
+def coi_as(user: UnixUser, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the real `coi` console script as `user` with a clean environment."""
+    env = {
+        "PATH": f"{Path(COI).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(user.home),
+        "USER": user.name,
+        "LANG": "C.UTF-8",
+        "COI_CONTAINER_PREFIX": PREFIX,
+    }
+    argv = [
+        "setpriv",
+        f"--reuid={user.uid}",
+        f"--regid={user.gid}",
+        "--init-groups",
+        "--reset-env",
+        "--",
+        "/usr/bin/env",
+        *[f"{k}={v}" for k, v in env.items()],
+        COI,
+        *args,
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120)

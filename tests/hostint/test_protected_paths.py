@@ -124,7 +124,7 @@ def test_plain_read_only_devices_are_what_root_can_undo(client: IncusClient, hos
     make_repo(host_ws)
     config = config_for(host_ws, {})
     with started_sandbox(client, host_ws, config) as box:
-        assert any("root in the sandbox" in w for w in box.warnings)
+        assert any("root in the sandbox" in line for line in box.plan.describe())
         code, _, _ = box.as_code("echo pwn > /workspace/.git/hooks/pre-commit")
         assert code != 0  # read-only for the agent itself
         code, out, err = box.as_root(

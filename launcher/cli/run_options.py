@@ -1,0 +1,166 @@
+"""The host-integration flags of ``coi run``/``coi shell`` and the request they produce.
+
+`app.py` adds the option types below to its command signatures, collects their values in a
+`HostFlags` and calls `sandbox_request`: the configuration layers are loaded (flags on top),
+their warnings printed, and the host integration planned into a `SandboxRequest`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coi.launcher.config import LoadedConfig, flag_overrides, load_config
+from coi.launcher.incus.client import IncusClient
+from coi.launcher.progress import warn
+from coi.launcher.session.hostint import HostIntegration, plan_for_client
+from coi.launcher.session.sandbox import SandboxRequest, parse_env, resolve_workspace
+
+MountOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mount", help="Mount a host path: HOST:CONTAINER or HOST:CONTAINER:ro (repeatable)."
+    ),
+]
+ForwardEnvOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--forward-env",
+        help="Copy these host variables (by value, at start): NAME or NAME1,NAME2 (repeatable).",
+    ),
+]
+SshAgentOpt = Annotated[
+    bool,
+    typer.Option("--ssh-agent", help="Forward your SSH agent (keys stay on the host)."),
+]
+WritableHooksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--writable-git-hooks",
+        help="Let the sandbox write .git/hooks, .git/config and the other protected paths.",
+    ),
+]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="Configuration profile (e.g. hardened).")
+]
+LimitCpuOpt = Annotated[
+    str | None, typer.Option("--limit-cpu", help='CPU count "2" or CPU set "0-3".')
+]
+LimitCpuAllowanceOpt = Annotated[
+    str | None,
+    typer.Option("--limit-cpu-allowance", help='CPU time "50%" or "25ms/100ms".'),
+]
+LimitMemoryOpt = Annotated[
+    str | None, typer.Option("--limit-memory", help='Memory "2GiB" or "50%".')
+]
+LimitSwapOpt = Annotated[
+    bool | None,
+    typer.Option("--limit-swap/--no-limit-swap", help="Allow swapping the sandbox's memory."),
+]
+LimitDiskReadOpt = Annotated[
+    str | None, typer.Option("--limit-disk-read", help='Disk read rate "10MiB" or "1000iops".')
+]
+LimitDiskWriteOpt = Annotated[
+    str | None, typer.Option("--limit-disk-write", help='Disk write rate "10MiB" or "1000iops".')
+]
+LimitDiskMaxOpt = Annotated[
+    str | None, typer.Option("--limit-disk-max", help="Combined disk read+write rate.")
+]
+LimitProcessesOpt = Annotated[
+    int | None, typer.Option("--limit-processes", help="Maximum number of processes.")
+]
+LimitDurationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limit-duration",
+        help='Run time "20s", "30m", "2h": the sandbox is stopped then (warned a minute before).',
+    ),
+]
+
+
+@dataclass(frozen=True)
+class HostFlags:
+    """The values of the host-integration flags (None/False/empty: the files decide)."""
+
+    profile: str | None = None
+    mounts: list[str] = field(default_factory=list)
+    forward_env: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    ssh_agent: bool = False
+    writable_git_hooks: bool = False
+    persistent: bool = False
+    image: str | None = None
+    limit_cpu: str | None = None
+    limit_cpu_allowance: str | None = None
+    limit_memory: str | None = None
+    limit_swap: bool | None = None
+    limit_disk_read: str | None = None
+    limit_disk_write: str | None = None
+    limit_disk_max: str | None = None
+    limit_processes: int | None = None
+    limit_duration: str | None = None
+
+
+def load_for_session(workspace: Path, flags: HostFlags) -> LoadedConfig:
+    """Load the configuration layers of `workspace` with `flags` on top; print the warnings."""
+    parse_env(flags.env)  # the same UsageError for a bad -e as without a config
+    overrides = flag_overrides(
+        ssh_agent=flags.ssh_agent,
+        forward_env=flags.forward_env,
+        env=flags.env,
+        mounts=flags.mounts,
+        writable_git_hooks=flags.writable_git_hooks,
+        persistent=flags.persistent,
+        image=flags.image,
+        limit_cpu=flags.limit_cpu,
+        limit_cpu_allowance=flags.limit_cpu_allowance,
+        limit_memory=flags.limit_memory,
+        limit_memory_swap=flags.limit_swap,
+        limit_disk_read=flags.limit_disk_read,
+        limit_disk_write=flags.limit_disk_write,
+        limit_disk_max=flags.limit_disk_max,
+        limit_processes=flags.limit_processes,
+        limit_duration=flags.limit_duration,
+    )
+    loaded = load_config(workspace, profile=flags.profile, cli_overrides=overrides)
+    for warning in loaded.warnings:
+        warn(str(warning))
+    return loaded
+
+
+def sandbox_request(
+    client: IncusClient,
+    workspace: Path,
+    flags: HostFlags,
+    *,
+    slot: int = 0,
+    wait_for_network: float = 20.0,
+) -> tuple[SandboxRequest, HostIntegration]:
+    """The `SandboxRequest` for `workspace` with configuration and host integration applied.
+
+    The returned `HostIntegration` also carries what `~/SANDBOX_CONTEXT.md` shows
+    (`describe()`, `protected_paths`, `limits`, `ssh_agent`).
+    """
+    workspace = resolve_workspace(workspace)
+    loaded = load_for_session(workspace, flags)
+    config = loaded.config
+    warnings: list[str] = []
+    plan = plan_for_client(client, config, workspace, warnings=warnings)
+    for warning in warnings:
+        warn(warning)
+    request = SandboxRequest(
+        workspace=workspace,
+        slot=slot,
+        image=config.defaults.image,
+        persistent=config.defaults.persistent,
+        env=plan.env,
+        wait_for_network=wait_for_network,
+        devices=plan.devices,
+        config=plan.config,
+        before_start=tuple(plan.before_start),
+        after_start=tuple(plan.after_start),
+    )
+    return request, plan

@@ -1,0 +1,163 @@
+"""`plan_host_integration` without Incus: what the configuration turns into."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hostint_harness import config_for
+
+from coi.launcher.session.hostint import (
+    SSH_AGENT_PATH,
+    GitIdentity,
+    HostIntegration,
+    plan_host_integration,
+)
+
+
+def plan(
+    ws: Path,
+    overrides: dict[str, object],
+    *,
+    environ: dict[str, str] | None = None,
+    host_uid: int = 1002,
+    warnings: list[str] | None = None,
+) -> HostIntegration:
+    return plan_host_integration(
+        config_for(ws, overrides),
+        ws,
+        host_uid=host_uid,
+        host_gid=host_uid,
+        warnings=[] if warnings is None else warnings,
+        environ=environ or {},
+        git_identity=GitIdentity(),
+    )
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    path = tmp_path / "ws"
+    (path / ".git/hooks").mkdir(parents=True)
+    (path / ".git/config").write_text("[core]\n")
+    return path
+
+
+def test_mounts_follow_the_workspace_ownership_mapping(ws: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    raw = plan(ws, {"mounts.default": [f"{data}:/data:ro"]}, host_uid=1002)
+    assert raw.devices["coi-mount-0"] == {
+        "type": "disk",
+        "source": str(data),
+        "path": "/data",
+        "readonly": "true",
+    }
+    shifted = plan(ws, {"mounts.default": [f"{data}:/data"]}, host_uid=1000)
+    assert shifted.devices["coi-mount-0"]["shift"] == "true"
+    assert "readonly" not in shifted.devices["coi-mount-0"]
+
+
+def test_protected_paths_and_placeholders(ws: Path) -> None:
+    result = plan(ws, {})
+    # .husky and .vscode did not exist: created empty so the agent cannot plant them.
+    assert (ws / ".husky").is_dir() and (ws / ".vscode").is_dir()
+    assert set(result.protected_paths) == {
+        "/workspace/.git/hooks",
+        "/workspace/.git/config",
+        "/workspace/.husky",
+        "/workspace/.vscode",
+    }
+    ro = {d["path"] for d in result.devices.values() if d.get("readonly") == "true"}
+    assert ro == set(result.protected_paths)
+    # .git is a mountpoint too, so it cannot be renamed away with its protected children.
+    anchors = {d["path"] for n, d in result.devices.items() if n.startswith("coi-anchor")}
+    assert anchors == {"/workspace/.git"}
+    assert len(result.before_start) == 1  # removes the placeholders again at the end
+
+
+def test_writable_git_hooks_opts_out(ws: Path) -> None:
+    result = plan(ws, {"security.writable_git_hooks": True})
+    assert result.devices == {}
+    assert result.protected_paths == []
+    assert not (ws / ".husky").exists()
+
+
+def test_symlinked_protected_path_is_not_mounted(ws: Path, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (ws / ".vscode").symlink_to(tmp_path / "elsewhere")
+    result = plan(ws, {})
+    assert all(str(tmp_path / "elsewhere") not in d["source"] for d in result.devices.values())
+
+
+def test_secret_paths_hidden_by_empty_sources(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(ws.parent / "cache"))
+    (ws / ".env").write_text("SECRET=1\n")
+    (ws / "keys").mkdir()
+    result = plan(ws, {"security.secret_paths": [".env", "keys", "*.pem"]})
+    secrets = {d["path"]: d for n, d in result.devices.items() if n.startswith("coi-secret")}
+    assert set(secrets) == {"/workspace/.env", "/workspace/keys"}
+    file_src = Path(secrets["/workspace/.env"]["source"])
+    dir_src = Path(secrets["/workspace/keys"]["source"])
+    assert file_src.is_file() and file_src.stat().st_size == 0
+    assert dir_src.is_dir() and list(dir_src.iterdir()) == []
+
+
+def test_env_only_what_is_asked(ws: Path) -> None:
+    warnings: list[str] = []
+    result = plan(
+        ws,
+        {"env.forward": ["A", "MISSING"], "env.set": ["B=2"]},
+        environ={"A": "1", "HOME": "/root", "SECRET": "x"},
+        warnings=warnings,
+    )
+    assert result.env == {"A": "1", "B": "2"}
+    assert any("MISSING" in w for w in warnings)
+
+
+@pytest.fixture
+def agent_socket(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "agent.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    yield path
+    sock.close()
+
+
+def test_ssh_agent_proxy_device(ws: Path, agent_socket: str) -> None:
+    result = plan(ws, {"ssh.forward_agent": True}, environ={"SSH_AUTH_SOCK": agent_socket})
+    device = result.devices["coi-ssh-agent"]
+    assert device == {
+        "type": "proxy",
+        "bind": "container",
+        "listen": f"unix:{SSH_AGENT_PATH}",
+        "connect": f"unix:{agent_socket}",
+        "security.uid": "1002",
+        "security.gid": "1002",
+        "uid": "1000",
+        "gid": "1000",
+        "mode": "0600",
+    }
+    assert result.env["SSH_AUTH_SOCK"] == str(SSH_AGENT_PATH)
+    assert result.ssh_agent
+
+
+def test_ssh_agent_without_socket_is_a_warning(ws: Path) -> None:
+    warnings: list[str] = []
+    result = plan(ws, {"ssh.forward_agent": True}, environ={}, warnings=warnings)
+    assert "coi-ssh-agent" not in result.devices
+    assert "SSH_AUTH_SOCK" not in result.env
+    assert any("SSH_AUTH_SOCK" in w for w in warnings)
+
+
+def test_limits(ws: Path) -> None:
+    result = plan(
+        ws,
+        {"limits.memory": "1GiB", "limits.cpu": "2", "limits.duration": "20s"},
+    )
+    assert result.config == {"limits.memory": f"{2**30}B", "limits.cpu": "2"}
+    assert result.limits["memory"] == "1024 MiB"
+    assert result.limits["run time"] == "0:00:20"
+    assert len(result.after_start) == 1  # the run-time timer
+    assert any(line.startswith("limit: run time") for line in result.describe())
