@@ -42,6 +42,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,46 @@ class StagePlan:
     anchors: tuple[PurePosixPath, ...]  # ancestors of protected paths: rw self-binds
     protected: tuple[PurePosixPath, ...]  # read-only self-binds
     secrets: tuple[PurePosixPath, ...]  # covered by an empty read-only file or directory
+
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def stage_for_caller(
+    base: Path,
+    *,
+    caller_uid: int,
+    container: str,
+    workspace: Path,
+    protected: Sequence[PurePosixPath],
+    secrets: Sequence[PurePosixPath],
+) -> StagePlan:
+    """Validate a request to build a stage on behalf of `caller_uid` (the helper's check).
+
+    The workspace must be an absolute directory path without symlinks, owned by the caller;
+    relative paths must stay inside it; the stage lives at ``base/<uid>/<container>``.
+    Raises `SessionError` naming what is wrong.
+    """
+    if not _NAME_RE.match(container):
+        raise SessionError(f"{container!r} is not a container name")
+    if not workspace.is_absolute() or os.path.realpath(workspace) != str(workspace):
+        raise SessionError(f"workspace {workspace} must be an absolute path without symlinks")
+    try:
+        info = os.stat(workspace, follow_symlinks=False)
+    except OSError as exc:
+        raise SessionError(f"workspace {workspace} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != caller_uid:
+        raise SessionError(f"workspace {workspace} is not a directory owned by uid {caller_uid}")
+    for rel in (*protected, *secrets):
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise SessionError(f"{rel} is not a path inside the workspace")
+    return StagePlan(
+        workspace=workspace,
+        stage=base / str(caller_uid) / container,
+        anchors=anchors_of([*protected, *secrets]),
+        protected=tuple(protected),
+        secrets=tuple(secrets),
+    )
 
 
 def anchors_of(paths: Sequence[PurePosixPath]) -> tuple[PurePosixPath, ...]:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from hostint_harness import config_for
 
+from coi.launcher.errors import SessionError
 from coi.launcher.session.hostint import (
     SSH_AGENT_PATH,
     GitIdentity,
     HostIntegration,
     plan_host_integration,
 )
+from coi.launcher.session.hostint_guard import stage_for_caller
 
 
 def plan(
@@ -161,3 +164,47 @@ def test_limits(ws: Path) -> None:
     assert result.limits["run time"] == "0:00:20"
     assert len(result.after_start) == 1  # the run-time timer
     assert any(line.startswith("limit: run time") for line in result.describe())
+
+
+def test_stage_request_checks(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    hooks = PurePosixPath(".git/hooks")
+    plan = stage_for_caller(
+        Path("/run/coi/stage"),
+        caller_uid=os.getuid(),
+        container="coi-abc-1",
+        workspace=ws,
+        protected=[hooks],
+        secrets=[],
+    )
+    assert plan.stage == Path(f"/run/coi/stage/{os.getuid()}/coi-abc-1")
+    assert plan.anchors == (PurePosixPath(".git"),)
+
+    def attempt(
+        *,
+        caller_uid: int = os.getuid(),
+        container: str = "coi-abc-1",
+        workspace: Path = ws,
+        protected: tuple[PurePosixPath, ...] = (hooks,),
+    ) -> None:
+        stage_for_caller(
+            Path("/run/coi/stage"),
+            caller_uid=caller_uid,
+            container=container,
+            workspace=workspace,
+            protected=protected,
+            secrets=(),
+        )
+
+    (tmp_path / "link").symlink_to(ws)
+    with pytest.raises(SessionError, match="owned by"):
+        attempt(caller_uid=os.getuid() + 1)
+    with pytest.raises(SessionError, match="container name"):
+        attempt(container="../x")
+    with pytest.raises(SessionError, match="without symlinks"):
+        attempt(workspace=tmp_path / "ws" / ".." / "ws")
+    with pytest.raises(SessionError, match="without symlinks"):
+        attempt(workspace=tmp_path / "link")
+    with pytest.raises(SessionError, match="inside the workspace"):
+        attempt(protected=(PurePosixPath("../outside"),))
