@@ -44,6 +44,8 @@ class ServerLimits:
     calls_per_second: int = 50
     burst: int = 100
     max_connections: int = 128
+    # One user cannot hold every slot: the others (and root) still get served.
+    max_connections_per_uid: int = 32
     read_timeout: float = 120.0
 
 
@@ -89,6 +91,7 @@ class Server:
         self.use_pidfd = use_pidfd
         self._lock = threading.Lock()
         self._active = 0
+        self._per_uid: dict[int, int] = {}
         self._last_activity = time.monotonic()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
 
@@ -155,7 +158,15 @@ class Server:
             except IdentityError as exc:
                 log.info("refusing connection: %s", exc)
                 return
-            Connection(conn, peer, self.service, self.make_context(peer), self.limits).run()
+            if not self._claim(peer.uid):
+                log.info("uid %d holds too many connections; closing a new one", peer.uid)
+                peer.close()
+                peer = None
+                return
+            try:
+                Connection(conn, peer, self.service, self.make_context(peer), self.limits).run()
+            finally:
+                self._release(peer.uid)
         except Exception:
             log.exception("connection handler failed")
         finally:
@@ -165,6 +176,22 @@ class Server:
             with self._lock:
                 self._active -= 1
                 self._last_activity = time.monotonic()
+
+    def _claim(self, uid: int) -> bool:
+        with self._lock:
+            held = self._per_uid.get(uid, 0)
+            if uid != 0 and held >= self.limits.max_connections_per_uid:
+                return False
+            self._per_uid[uid] = held + 1
+            return True
+
+    def _release(self, uid: int) -> None:
+        with self._lock:
+            left = self._per_uid.get(uid, 1) - 1
+            if left:
+                self._per_uid[uid] = left
+            else:
+                self._per_uid.pop(uid, None)
 
 
 class Connection:

@@ -653,3 +653,32 @@ def test_attachment_is_read_from_incus(helper_env: HelperEnv) -> None:
     # Her bridge is her own, with the subnet provision-user chose.
     nic = source.describe(env.alice.project, env.alice_container).nics[0]
     assert nic.network == f"incusbr-{env.alice.uid}" and nic.host_name == ""
+
+
+def test_one_user_cannot_hold_every_connection(helper_env: HelperEnv) -> None:
+    env = helper_env
+    frame = encode({"method": H + "Ping", "parameters": {"ping": "p"}})
+
+    def hog() -> list[int]:
+        held = [_connect_with_retry(env.helper.socket) for _ in range(40)]
+        served = closed = 0
+        for s in held:
+            try:
+                s.sendall(frame)
+                reply = _read_reply(s)
+            except OSError:
+                reply = {"closed": True}
+            if reply.get("parameters") == {"pong": "p"}:
+                served += 1
+            else:
+                closed += 1
+        # One more connection of hers, while she holds 32, is refused too.
+        other = _raw(env.helper.socket, frame).get("parameters") == {"pong": "p"}
+        for s in held:
+            s.close()
+        return [served, closed, other]
+
+    served, closed, other = as_user(env.alice, hog)["value"]
+    assert (served, closed) == (32, 8)
+    assert not other  # alice's 33rd connection, even later, is refused while she holds 32
+    _still_serving(env.helper.socket)  # root (another uid) is served
