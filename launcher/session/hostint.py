@@ -207,7 +207,9 @@ def protected_paths(
 
     A missing protected path whose parent exists (``.husky`` in a workspace without one,
     ``.git/hooks`` in a repository without hooks) is created as an empty directory: an
-    agent could otherwise create it and plant files the host runs later.
+    agent could otherwise create it and plant files the host runs later. Protecting
+    ``.git/hooks`` or ``.git/config`` also protects the files that redirect git elsewhere
+    (see `_GIT_REDIRECTS`).
     """
     paths: list[PurePosixPath] = []
     created: list[PurePosixPath] = []
@@ -232,9 +234,60 @@ def protected_paths(
         for rel in matches:
             if rel not in paths:
                 paths.append(rel)
+    if {".git/hooks", ".git/config"} & set(patterns):
+        for rel in _git_redirects(workspace, created, warnings):
+            if rel not in paths:
+                paths.append(rel)
     # A protected directory covers everything below it.
     paths = [p for p in paths if not any(q in p.parents for q in paths)]
     return paths, created
+
+
+# Files through which git finds hooks and config somewhere else: protecting .git/hooks and
+# .git/config means nothing if an agent can write them. `commondir` is read in every git
+# directory (checked: a `.git/commondir` pointing at a planted directory makes the host's
+# `git commit` run that directory's hooks), so a missing one is created as "." (the git
+# directory itself: git behaves exactly as without it). Submodules keep their own git
+# directories (hooks, config) below .git/modules; linked worktrees their own commondir.
+_GIT_REDIRECTS = (
+    ".git/modules/*/hooks",
+    ".git/modules/*/config",
+    ".git/modules/*/commondir",
+    ".git/worktrees/*/commondir",
+)
+COMMONDIR_PLACEHOLDER = b".\n"
+
+
+def _git_redirects(
+    workspace: Path, created: list[PurePosixPath], warnings: list[str]
+) -> list[PurePosixPath]:
+    git = workspace / ".git"
+    if git.is_symlink():
+        warnings.append(".git is a symbolic link: its hooks and config are not protected")
+        return []
+    if git.is_file():
+        # A worktree's or submodule's "gitdir:" pointer: rewritten, it would send the
+        # host's git to a git directory planted in the workspace.
+        return [PurePosixPath(".git")]
+    if not git.is_dir():
+        return []
+    paths = [rel for pattern in _GIT_REDIRECTS for rel in _relative_matches(workspace, pattern)]
+    commondir = PurePosixPath(".git/commondir")
+    if os.path.lexists(workspace / commondir):
+        paths.extend(_relative_matches(workspace, str(commondir)))
+        return paths
+    try:
+        fd = os.open(
+            workspace / commondir, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
+        )
+    except OSError as exc:
+        warnings.append(f"cannot create .git/commondir placeholder: {exc.strerror}")
+        return paths
+    with os.fdopen(fd, "wb") as f:
+        f.write(COMMONDIR_PLACEHOLDER)
+    created.append(commondir)
+    paths.append(commondir)
+    return paths
 
 
 def _plan_protection(
@@ -320,8 +373,12 @@ def _remove_placeholders(workspace: Path, created: list[PurePosixPath]) -> Befor
     def hook(_client: IncusClient, name: str, teardown: Teardown) -> None:
         def undo() -> None:
             for rel in reversed(created):
+                path = workspace / rel
                 with contextlib.suppress(OSError):
-                    (workspace / rel).rmdir()  # only if still empty
+                    if path.is_dir() and not path.is_symlink():
+                        path.rmdir()  # only if still empty
+                    elif path.read_bytes() == COMMONDIR_PLACEHOLDER:
+                        path.unlink()
 
         teardown.push(f"remove empty protected placeholders of {name}", undo)
 

@@ -66,9 +66,12 @@ def test_protected_paths_and_placeholders(ws: Path) -> None:
     result = plan(ws, {})
     # .husky and .vscode did not exist: created empty so the agent cannot plant them.
     assert (ws / ".husky").is_dir() and (ws / ".vscode").is_dir()
+    # .git/commondir is read by git in every git directory: "." keeps git where it is.
+    assert (ws / ".git/commondir").read_text() == ".\n"
     assert set(result.protected_paths) == {
         "/workspace/.git/hooks",
         "/workspace/.git/config",
+        "/workspace/.git/commondir",
         "/workspace/.husky",
         "/workspace/.vscode",
     }
@@ -85,6 +88,7 @@ def test_writable_git_hooks_opts_out(ws: Path) -> None:
     assert result.devices == {}
     assert result.protected_paths == []
     assert not (ws / ".husky").exists()
+    assert not (ws / ".git/commondir").exists()
 
 
 def test_symlinked_protected_path_is_not_mounted(ws: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -43,6 +44,22 @@ def make_repo(ws: Path) -> None:
     (ws / "secrets").mkdir()
     (ws / "secrets/key.pem").write_text("SECRET KEY\n")
     (ws / "README").write_text("hello\n")
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    subprocess.run(
+        ["git", "-C", str(ws), "commit", "-q", "--allow-empty", "-m", "init"], check=True, env=env
+    )
+    # A linked worktree outside the workspace and a submodule's git directory inside .git.
+    subprocess.run(
+        ["git", "-C", str(ws), "worktree", "add", "-q", str(ws.parent / "wt")], check=True, env=env
+    )
+    (ws / ".git/modules/sub/hooks").mkdir(parents=True)
+    (ws / ".git/modules/sub/config").write_text("[core]\n")
     # In-process tests run as root, so the workspace is mounted with shift=true: files owned
     # by uid 1000 on the host belong to `code` inside.
     subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
@@ -58,7 +75,7 @@ def attack(client: IncusClient, ws: Path, tmp_path: Path) -> dict[str, str]:
             "git log --oneline | wc -l && cat .env && ls secrets | wc -l"
         )
         assert code == 0, out + err
-        assert out.split() == ["1", "0"], out + err  # one commit; .env empty; secrets/ empty
+        assert out.split() == ["2", "0"], out + err  # two commits; .env empty; secrets/ empty
         box.client.push_file(box.name, "/root/attacks.sh", ATTACKS.read_bytes(), mode=0o755)
         code, out, err = box.as_root(["/root/attacks.sh"])
         assert code == 0, err
@@ -80,7 +97,17 @@ def test_root_in_the_container_cannot_change_protected_paths(
     succeeded = sorted(name for name, verdict in results.items() if verdict != "failed")
     assert succeeded == [], f"bypasses that worked: {succeeded}"
     after = snapshot(host_ws)
-    protected = (".git/hooks", ".git/config", ".vscode", ".husky", ".env", "secrets")
+    protected = (
+        ".git/hooks",
+        ".git/config",
+        ".git/commondir",
+        ".git/worktrees",
+        ".git/modules",
+        ".vscode",
+        ".husky",
+        ".env",
+        "secrets",
+    )
     changed = {
         k
         for k in set(before) | set(after)
@@ -92,8 +119,9 @@ def test_root_in_the_container_cannot_change_protected_paths(
     assert (host_ws / ".env").read_text() == "SECRET=hunter2\n"
     # The agent's ordinary work did reach the host.
     assert (host_ws / "README").read_text() == "hello\nmore\n"
-    # The placeholder for the missing .husky is removed again (it stayed empty).
+    # The placeholders for the missing .husky and .git/commondir are removed again.
     assert not (host_ws / ".husky").exists()
+    assert not (host_ws / ".git/commondir").exists()
     # No mount of the stage is left on the host.
     assert str(tmp_path / "stage") not in Path("/proc/self/mountinfo").read_text()
 
