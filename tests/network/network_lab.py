@@ -96,6 +96,13 @@ def probe(ns: str, *args: str) -> dict[str, Any]:
     return result
 
 
+def probe_host(*args: str) -> dict[str, Any]:
+    """Run tests/network/probe.py on the host itself."""
+    proc = sh(sys.executable, str(HERE / "probe.py"), *args)
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def reachable(ns: str, kind: str, addr: str) -> bool:
     """Whether `kind` (tcp/udp/icmp) from `ns` to `addr` gets through."""
     if kind == "tcp":
