@@ -67,6 +67,9 @@ def test_other_dns_servers_are_redirected_to_the_resolver(
     assert direct["rcode"] == "NXDOMAIN", direct
     assert L.probe(L.C1, "dns", L.NET4, "evil.test", "53", "tcp")["rcode"] == "NXDOMAIN"
     assert L.probe(L.C1, "dns", L.PRIV4, "a.allowed.test")["answers"] == [L.NET4]
+    # Over IPv6 too: to the gateway and to an address with no DNS server at all.
+    assert L.probe(L.C1, "dns", L.GW6, "evil.test")["rcode"] == "NXDOMAIN"
+    assert L.probe(L.C1, "dns", L.NET6, "a.allowed.test")["answers"] == [L.NET4]
     assert "evil.test" not in lab.upstream_queries()
 
 
