@@ -682,3 +682,33 @@ def test_one_user_cannot_hold_every_connection(helper_env: HelperEnv) -> None:
     assert (served, closed) == (32, 8)
     assert not other  # alice's 33rd connection, even later, is refused while she holds 32
     _still_serving(env.helper.socket)  # root (another uid) is served
+
+
+def test_an_incomplete_drop_is_refused() -> None:
+    """Without CAP_SETPCAP and without locked securebits the drop cannot be completed: the
+    helper's drop function must raise rather than serve half-hardened."""
+    import ctypes
+
+    from coi.helper.hardening import CAP_NAMES, HardeningError, _capset, _libc, drop_privileges
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc = _libc()
+            setpcap = CAP_NAMES.index("setpcap")
+            keep = (1 << CAP_NAMES.index("net_admin")) | (1 << CAP_NAMES.index("sys_admin"))
+            _capset(libc, keep)  # CAP_SETPCAP gone before the helper's own drop runs
+            assert libc.prctl(24, ctypes.c_ulong(setpcap), 0, 0, 0) != 0  # cannot drop bset
+            try:
+                drop_privileges()
+                os.write(w, b"served")
+            except HardeningError as exc:
+                os.write(w, f"refused: {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    assert out.startswith("refused:"), out
