@@ -150,6 +150,10 @@ class Service:
             pending: dict[str, Any] | None = None
             for item in result:
                 if pending is not None:
+                    # A stream lives long: the peer must still be the process that was
+                    # authorised (cached decisions expire, so polkit is asked again too).
+                    if spec.action is not None:
+                        ctx.require(spec.action)
                     yield reply_message(pending, continues=True)
                 pending = self._output(reg, method.name, item)
             yield reply_message(pending or {})

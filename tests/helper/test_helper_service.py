@@ -256,3 +256,40 @@ def test_attachment_comes_from_incus_facts() -> None:
     inst.add("user-1001", "c1")
     att = inst.attachment("user-1001", "c1")
     assert (att.veth, att.bridge, att.gateway4) == ("veth1234", "coibr0", "10.0.0.1")
+
+
+def test_streams_stop_when_the_peer_is_no_longer_authorised() -> None:
+    from dataclasses import dataclass
+
+    from coi.helper.ipc.idl import parse_interface
+
+    iface = parse_interface("interface org.example.S\nmethod Count(n: int) -> (i: int)\n")
+
+    @dataclass(frozen=True)
+    class CountIn:
+        n: int
+
+    @dataclass(frozen=True)
+    class CountOut:
+        i: int
+
+    polkit = ScriptedPolkit({(1001, MONITOR): Authorization.ALLOWED})
+    app = make_app(polkit)
+    svc = Service("v", "p", "1", "u")
+    svc.add_interface(
+        iface,
+        [
+            MethodSpec(
+                "Count", Action.MONITOR, lambda _c, p: (CountOut(i) for i in range(p.n)), True
+            )
+        ],
+        {"Count": (CountIn, CountOut)},
+    )
+    ctx = app.context(peer_as(1001))
+    stream = svc.dispatch(ctx, Call("org.example.S.Count", {"n": 5}, more=True))
+    assert next(stream)["parameters"] == {"i": 0}
+    polkit.answers.clear()  # the grant is withdrawn ...
+    ctx.cache._entries.clear()  # ... and the cached decision has expired
+    rest = list(stream)
+    assert rest[-1]["error"] == Err.PERMISSION_DENIED
+    assert len(rest) == 1
