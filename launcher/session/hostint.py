@@ -201,7 +201,10 @@ def _relative_matches(workspace: Path, pattern: str) -> list[PurePosixPath]:
 
 
 def protected_paths(
-    workspace: Path, patterns: tuple[str, ...], warnings: list[str]
+    workspace: Path,
+    patterns: tuple[str, ...],
+    warnings: list[str],
+    missing: list[PurePosixPath] | None = None,
 ) -> tuple[list[PurePosixPath], list[PurePosixPath]]:
     """The protected paths present in `workspace`, and the placeholders created for them.
 
@@ -209,10 +212,12 @@ def protected_paths(
     ``.git/hooks`` in a repository without hooks) is created as an empty directory: an
     agent could otherwise create it and plant files the host runs later. Protecting
     ``.git/hooks`` or ``.git/config`` also protects the files that redirect git elsewhere
-    (see `_GIT_REDIRECTS`).
+    (see `_GIT_REDIRECTS`). Paths that cannot be protected because their parent is missing
+    (``.git/hooks`` outside a repository) are appended to `missing`.
     """
     paths: list[PurePosixPath] = []
     created: list[PurePosixPath] = []
+    missing = [] if missing is None else missing
     for pattern in patterns:
         matches = _relative_matches(workspace, pattern)
         if not matches and not _GLOB_CHARS & set(pattern):
@@ -227,10 +232,7 @@ def protected_paths(
                     created.append(rel)
                     matches = [rel]
             elif not (workspace / rel).exists():
-                warnings.append(
-                    f"protected path {pattern} does not exist and its parent is missing: "
-                    "an agent could create it"
-                )
+                missing.append(rel)
         for rel in matches:
             if rel not in paths:
                 paths.append(rel)
@@ -303,9 +305,16 @@ def _plan_protection(
     if config.security.writable_git_hooks:
         plan.lines.append("protected paths: none (writable git hooks were asked for)")
     else:
+        missing: list[PurePosixPath] = []
         protected, created = protected_paths(
-            workspace, tuple(config.security.protected_paths), warnings
+            workspace, tuple(config.security.protected_paths), warnings, missing
         )
+        if missing:
+            # Not a warning on every run outside a repository: stated in `describe`.
+            plan.lines.append(
+                "not protected (missing, an agent could create them): "
+                + ", ".join(f"/workspace/{p}" for p in missing)
+            )
     secrets: list[PurePosixPath] = []
     for pattern in config.security.secret_paths:
         for rel in _relative_matches(workspace, pattern):

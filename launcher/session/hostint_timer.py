@@ -71,10 +71,18 @@ def start_duration_timer(seconds: float) -> AfterStart:
         update_instance(client, sandbox.name, config={KEY_TIMER_PID: str(proc.pid)})
         # The launcher's own warning, only while it is attached.
         delay = max(0.0, deadline - WARN_BEFORE - time.time())
-        timer = threading.Timer(delay, warn, args=(_message(sandbox.name, deadline),))
-        timer.daemon = True
-        timer.start()
-        teardown.push(f"stop the run-time warning of {sandbox.name}", timer.cancel)
+        timers = [
+            threading.Timer(delay, lambda: warn(_message(sandbox.name, deadline))),
+            threading.Timer(
+                max(0.0, deadline - time.time()),
+                warn,
+                args=(f"the run-time limit of {sandbox.name} is reached; stopping it",),
+            ),
+        ]
+        for timer in timers:
+            timer.daemon = True
+            timer.start()
+            teardown.push(f"stop the run-time messages of {sandbox.name}", timer.cancel)
 
     return hook
 
