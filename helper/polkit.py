@@ -119,15 +119,15 @@ class PolkitClient:
         """Ask polkit whether `peer` may perform `action` (no interaction)."""
         if use_pidfd is None:
             use_pidfd = self.version >= PIDFD_SUBJECT_VERSION and peer.pidfd is not None
-        details: dict[str, tuple[str, Any]]
+        # pid + start-time + uid always (what polkit < 124 understands); the pidfd on top where
+        # polkit takes it, as systemd does: polkit then pins the process by the pidfd.
+        details: dict[str, tuple[str, Any]] = {
+            "pid": ("u", peer.pid),
+            "start-time": ("t", peer.start_time),
+            "uid": ("i", peer.uid),
+        }
         if use_pidfd and peer.pidfd is not None:
-            details = {"pidfd": ("h", peer.pidfd), "uid": ("i", peer.uid)}
-        else:
-            details = {
-                "pid": ("u", peer.pid),
-                "start-time": ("t", peer.start_time),
-                "uid": ("i", peer.uid),
-            }
+            details["pidfd"] = ("h", peer.pidfd)
         msg = new_method_call(
             AUTHORITY,
             "CheckAuthorization",
