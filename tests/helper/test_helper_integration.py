@@ -712,3 +712,49 @@ def test_an_incomplete_drop_is_refused() -> None:
         out = f.read()
     os.waitpid(pid, 0)
     assert out.startswith("refused:"), out
+
+
+def test_polkit_subject_with_pidfd_is_transported(helper_env: HelperEnv) -> None:
+    """The pidfd travels over D-Bus (fd passing) next to pid+start-time; polkit 122 ignores it,
+    >= 124 pins the process by it. Both subjects must get the same answer for alice."""
+    from coi.helper.identity import PeerIdentity
+    from coi.helper.polkit import PolkitClient
+
+    env = helper_env
+    path = str(env.root_dir / "identity.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o666)
+    listener.listen(1)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups(list(env.alice.groups))
+            os.setgid(env.alice.gid)
+            os.setuid(env.alice.uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            os.read(r, 1)  # stay alive until the parent is done
+        finally:
+            os._exit(0)
+    try:
+        conn, _ = listener.accept()
+        peer = PeerIdentity.from_socket(conn)
+        assert peer.uid == env.alice.uid and peer.pidfd is not None
+        client = PolkitClient(env.bus.address, autostart=False)
+        try:
+            for action, want in (
+                ("org.codeonincus.helper.network", "allowed"),
+                ("org.codeonincus.helper.admin", "challenge"),
+            ):
+                assert client.check(peer, action, use_pidfd=False).result.value == want
+                assert client.check(peer, action, use_pidfd=True).result.value == want
+        finally:
+            client.close()
+            peer.close()
+            conn.close()
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+        listener.close()
