@@ -11,8 +11,10 @@ the run directory under the container id, so a restarted helper finds, checks an
 from __future__ import annotations
 
 import contextlib
+import grp
 import ipaddress
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -30,6 +32,7 @@ PORT_FIRST = 30053
 PORT_COUNT = 4096
 CACHE_SIZE = 1000
 STOP_TIMEOUT = 5.0
+CAP_SETGID, CAP_SETUID = 6, 7
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,28 @@ def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> tuple[Upstream, ...
     return tuple(found)
 
 
-def render_config(spec: ResolverSpec, pid_file: Path, user: str) -> str:
-    """The dnsmasq configuration file of one resolver."""
+def resolver_identity() -> tuple[str, str]:
+    """The user and group the resolvers run as.
+
+    With CAP_SETUID and CAP_SETGID, dnsmasq drops to `nobody` (keeping CAP_NET_ADMIN for its
+    nft sets). The hardened helper keeps only CAP_NET_ADMIN, so a resolver it starts cannot
+    change ids at all; then it stays root with the helper's single capability (empty values
+    make dnsmasq skip the change instead of failing on it).
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        eff = int(next(x for x in status.splitlines() if x.startswith("CapEff:")).split()[1], 16)
+    except (OSError, StopIteration, ValueError):
+        eff = 0
+    if eff & (1 << CAP_SETGID) and eff & (1 << CAP_SETUID):
+        with contextlib.suppress(KeyError):
+            nobody = pwd.getpwnam("nobody")
+            return nobody.pw_name, grp.getgrgid(nobody.pw_gid).gr_name
+    return "", ""
+
+
+def render_config(spec: ResolverSpec, pid_file: Path, user: str, group: str) -> str:
+    """The dnsmasq configuration file of one resolver (`user`/`group` empty: no change)."""
     lines = [
         "# Written by coi-helper; the resolver of one allowlist-mode container.",
         "no-resolv",
@@ -92,6 +115,7 @@ def render_config(spec: ResolverSpec, pid_file: Path, user: str) -> str:
         f"port={spec.port}",
         f"pid-file={pid_file}",
         f"user={user}",
+        f"group={group}",
         f"cache-size={CACHE_SIZE}",
         "domain-needed",
         "bogus-priv",
@@ -115,9 +139,12 @@ def render_config(spec: ResolverSpec, pid_file: Path, user: str) -> str:
 class ResolverManager:
     """Starts, finds and stops the per-container dnsmasq processes."""
 
-    def __init__(self, run_dir: Path, dnsmasq: str | None = None, user: str = "nobody") -> None:
+    def __init__(
+        self, run_dir: Path, dnsmasq: str | None = None, identity: tuple[str, str] | None = None
+    ) -> None:
+        """`identity` (user, group) defaults to `resolver_identity()`."""
         self.run_dir = run_dir
-        self.user = user
+        self.user, self.group = identity if identity is not None else resolver_identity()
         found = dnsmasq or shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         self.dnsmasq = found
 
@@ -131,7 +158,7 @@ class ResolverManager:
         self.stop(spec.cid)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         pid_file, conf = self._paths(spec.cid)
-        conf.write_text(render_config(spec, pid_file, self.user))
+        conf.write_text(render_config(spec, pid_file, self.user, self.group))
         proc = subprocess.run(
             [self.dnsmasq, f"--conf-file={conf}"],
             capture_output=True,

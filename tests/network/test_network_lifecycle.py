@@ -320,3 +320,47 @@ def test_firewall_errors_leave_the_old_policy(lab: L.Lab, engine: LabEngine, app
     entry = engine.get(key_of("c1"))
     assert entry is not None and entry.policy.mode.value == "restricted" and entry.generation == 1
     assert not L.reachable(L.C1, "tcp", L.PRIV4)
+
+
+APPLY_ONCE = """
+import ipaddress, sys
+from pathlib import Path
+from coi.helper.network import NetworkEngine, NetworkTarget, ContainerKey, Upstream, parse_policy
+upstream = Upstream(ipaddress.IPv4Address(sys.argv[3]))
+engine = NetworkEngine(Path(sys.argv[1]), Path(sys.argv[2]), upstreams=(upstream,))
+target = NetworkTarget(ContainerKey("coit-net", "coit-net-c1"), "vc1", "br0",
+                       ipaddress.IPv4Address("10.77.0.1"), ipaddress.IPv6Address("fd77::1"))
+policy = {"mode": "allowlist", "allowlist": [{"target": "a.allowed.test"}]}
+engine.apply(target, parse_policy(policy))
+"""
+
+
+def test_works_with_only_cap_net_admin(lab: L.Lab, engine: LabEngine) -> None:
+    """The hardened helper keeps only CAP_NET_ADMIN; so do the resolvers it starts."""
+    L.nsexec(
+        L.RTR,
+        "setpriv",
+        "--bounding-set",
+        "-all,+net_admin",
+        "--inh-caps",
+        "-all",
+        "--",
+        sys.executable,
+        "-c",
+        APPLY_ONCE,
+        str(engine.state_dir),
+        str(engine.run_dir),
+        L.NET4,
+    )
+    entry = engine.get(key_of("c1"))
+    assert entry is not None and entry.installed and entry.resolver_pid is not None
+    status = Path(f"/proc/{entry.resolver_pid}/status").read_text()
+    caps = {
+        line.split(":")[0]: line.split()[1]
+        for line in status.splitlines()
+        if line.startswith("Cap")
+    }
+    assert int(caps["CapEff"], 16) == 1 << 12  # CAP_NET_ADMIN, nothing else
+    assert L.probe(L.C1, "dns", L.GW4, "a.allowed.test")["answers"] == [L.NET4]
+    assert L.reachable(L.C1, "tcp", L.NET4)
+    assert not L.reachable(L.C1, "tcp", L.PRIV4)

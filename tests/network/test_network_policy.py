@@ -186,7 +186,7 @@ def test_resolver_config_forwards_only_allowed_names() -> None:
         name_sets=(("n4_x_0", "n6_x_0", ("a.example.com", "*.cdn.example.net")),),
         upstreams=(Upstream(ipaddress.IPv4Address("192.0.2.53")),),
     )
-    conf = render_config(spec, pid_file=Path("/run/x.pid"), user="nobody")
+    conf = render_config(spec, pid_file=Path("/run/x.pid"), user="nobody", group="nogroup")
     lines = conf.splitlines()
     assert "address=/#/" in lines and "no-resolv" in lines
     assert "server=/a.example.com/192.0.2.53#53" in lines
