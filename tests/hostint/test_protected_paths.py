@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
-from hostint_harness import config_for, started_sandbox
+from hostint_harness import config_for, started_sandbox, unix_user
 
 from coi.launcher.errors import SessionError
 from coi.launcher.incus.client import IncusClient
@@ -34,7 +34,7 @@ def snapshot(root: Path) -> dict[str, str]:
     return result
 
 
-def make_repo(ws: Path) -> None:
+def make_repo(ws: Path, owner: int = 1000) -> None:
     subprocess.run(["git", "init", "-q", str(ws)], check=True)
     (ws / ".git/hooks/pre-commit").write_text("#!/bin/sh\nexit 0\n")
     (ws / ".git/hooks/pre-commit").chmod(0o755)
@@ -60,14 +60,17 @@ def make_repo(ws: Path) -> None:
     )
     (ws / ".git/modules/sub/hooks").mkdir(parents=True)
     (ws / ".git/modules/sub/config").write_text("[core]\n")
-    # In-process tests run as root, so the workspace is mounted with shift=true: files owned
-    # by uid 1000 on the host belong to `code` inside.
-    subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
+    # Run as root, the workspace is mounted with shift=true (host uid 1000 is `code`); as a
+    # user, raw.idmap maps the owner onto `code`.
+    subprocess.run(["chown", "-R", f"{owner}:{owner}", str(ws)], check=True)
 
 
-def attack(client: IncusClient, ws: Path, tmp_path: Path) -> dict[str, str]:
+def attack(client: IncusClient, ws: Path, tmp_path: Path, ownership: str) -> dict[str, str]:
     config = config_for(ws, {"security.secret_paths": [".env", "secrets"]})
     with started_sandbox(client, ws, config, stage_root=tmp_path / "stage") as box:
+        meta = client.get(f"instances/{box.name}")
+        assert ("raw.idmap" in meta["config"]) == (ownership == "raw.idmap")
+        assert meta["devices"]["workspace"]["recursive"] == "true"
         # The workspace itself stays usable: git works and ordinary files are writable.
         code, out, err = box.as_code(
             "git config --global user.email a@b.c && git config --global user.name A && "
@@ -87,12 +90,25 @@ def attack(client: IncusClient, ws: Path, tmp_path: Path) -> dict[str, str]:
     return results
 
 
+@pytest.mark.parametrize("ownership", ["shift", "raw.idmap"])
 def test_root_in_the_container_cannot_change_protected_paths(
-    client: IncusClient, host_ws: Path, tmp_path: Path
+    client: IncusClient,
+    host_ws: Path,
+    tmp_path: Path,
+    ownership: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    make_repo(host_ws)
+    owner = 1000
+    if ownership == "raw.idmap":
+        # The helper's case: root builds the stage, the container maps the user (coit-run,
+        # delegated to Incus by host setup) onto `code`.
+        user = unix_user("coit-run")
+        owner = user.uid
+        monkeypatch.setattr(os, "getuid", lambda: user.uid)
+        monkeypatch.setattr(os, "getgid", lambda: user.gid)
+    make_repo(host_ws, owner)
     before = snapshot(host_ws)
-    results = attack(client, host_ws, tmp_path)
+    results = attack(client, host_ws, tmp_path, ownership)
     assert len(results) >= 40, results
     succeeded = sorted(name for name, verdict in results.items() if verdict != "failed")
     assert succeeded == [], f"bypasses that worked: {succeeded}"
