@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from coi.launcher.cli.config_cmd import config_app
-from coi.launcher.cli.trust_cmd import trust, untrust
 from config_fixtures import Layers
 from typer.testing import CliRunner
+
+from coi.launcher.cli.config_cmd import config_app
+from coi.launcher.cli.trust_cmd import trust, untrust
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import typer
-from coi.launcher.config import ConfigError, ConfigValidationError, validate_file
-from coi.launcher.errors import CoiError
 from config_fixtures import Layers
 from typer.testing import CliRunner
+
+from coi.launcher.config import ConfigError, ConfigValidationError, validate_file
+from coi.launcher.errors import CoiError
 
 
 def _problems(layers: Layers) -> list[str]:

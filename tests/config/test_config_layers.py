@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from config_fixtures import Layers
+
 from coi.launcher.config import ConfigError, ConfigValidationError, flag_overrides, load_defaults
 from coi.launcher.config.schema import all_fields
-from config_fixtures import Layers
 
 # The layers in precedence order, lowest first. "profile" is a profile defined in the user
 # file and selected with profile="p"; it sits between COI_CONFIG and the environment.

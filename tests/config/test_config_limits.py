@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from config_fixtures import Layers
+
 from coi.launcher.config import incus_limits, resource_limits
 from coi.launcher.config import values as v
 from coi.launcher.config.limits import describe_limits
-from config_fixtures import Layers
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from coi.launcher.config import load_defaults, validate_file
 from coi.launcher.config.render import to_plain, toml_value
 from coi.launcher.config.schema import all_fields
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 KEYS = sorted(all_fields())
 DEFAULTS = {k: to_plain(v) for k, v in load_defaults().values.items()}

@@ -7,8 +7,9 @@ import socket
 from pathlib import Path, PurePosixPath
 
 import pytest
-from coi.launcher.config import ConfigError, MountSpec, parse_mount_spec, validate_mount
 from config_fixtures import Layers
+
+from coi.launcher.config import ConfigError, MountSpec, parse_mount_spec, validate_mount
 
 
 @pytest.mark.parametrize(

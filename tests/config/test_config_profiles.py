@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from coi.launcher.config import ConfigError, validate_file
 from config_fixtures import Layers
+
+from coi.launcher.config import ConfigError, validate_file
 
 
 def test_hardened_profile_overrides_a_permissive_user_config(layers: Layers) -> None:

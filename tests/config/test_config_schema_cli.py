@@ -9,11 +9,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import typer
+from config_fixtures import Layers
+from typer.testing import CliRunner
+
 from coi.launcher.config import json_schema
 from coi.launcher.config.loader import defaults_bytes
 from coi.launcher.config.schema import all_fields
-from config_fixtures import Layers
-from typer.testing import CliRunner
 
 
 def _validator() -> jsonschema.Draft202012Validator:

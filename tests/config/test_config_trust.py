@@ -7,12 +7,13 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import typer
+from config_fixtures import Layers
+from typer.testing import CliRunner
+
 from coi.launcher.config import ConfigError, ConfigPaths, MountSpec, Source, TrustStore
 from coi.launcher.config.layers import Setting
 from coi.launcher.config.loader import _resolve_mounts
 from coi.launcher.config.trust import file_sha256
-from config_fixtures import Layers
-from typer.testing import CliRunner
 
 
 def _trust(layers: Layers, path: Path) -> None:
