@@ -7,6 +7,7 @@ their warnings printed, and the host integration planned into a `SandboxRequest`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,8 @@ from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import warn
 from coi.launcher.session.hostint import HostIntegration, plan_for_client
 from coi.launcher.session.sandbox import SandboxRequest, parse_env, resolve_workspace
+
+STAGE_ROOT = Path("/run/coi/stage")
 
 MountOpt = Annotated[
     list[str] | None,
@@ -148,7 +151,10 @@ def sandbox_request(
     loaded = load_for_session(workspace, flags)
     config = loaded.config
     warnings: list[str] = []
-    plan = plan_for_client(client, config, workspace, warnings=warnings)
+    # Only root can build the locked workspace on the host (the helper will do it for users);
+    # run as root, coi builds it itself.
+    stage_root = STAGE_ROOT / "0" if os.geteuid() == 0 else None
+    plan = plan_for_client(client, config, workspace, warnings=warnings, stage_root=stage_root)
     for warning in warnings:
         warn(warning)
     request = SandboxRequest(

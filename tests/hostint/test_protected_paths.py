@@ -10,9 +10,12 @@ from pathlib import Path, PurePosixPath
 import pytest
 from hostint_harness import config_for, started_sandbox, unix_user
 
+from coi.launcher.cli.run_options import HostFlags, sandbox_request
 from coi.launcher.errors import SessionError
 from coi.launcher.incus.client import IncusClient
+from coi.launcher.progress import Progress
 from coi.launcher.session.hostint_guard import StagePlan, anchors_of, build_stage
+from coi.launcher.session.run import run_command
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +181,27 @@ def test_plain_read_only_devices_are_what_root_can_undo(client: IncusClient, hos
     # plain mode then suffices.
     assert code == 0, out + err
     assert (host_ws / ".git/hooks/x").read_text() == "pwn\n"
+
+
+def test_coi_run_as_root_builds_the_locked_workspace_itself(
+    client: IncusClient, host_ws: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`coi run` as root (run_options + run_command): the agent's sudo cannot undo it."""
+    make_repo(host_ws)
+    request, plan = sandbox_request(client, host_ws, HostFlags(), wait_for_network=0)
+    assert any("locked mounts" in line for line in plan.describe())
+    code = run_command(
+        client,
+        request,
+        [
+            "sh",
+            "-c",
+            "sudo umount -l /workspace/.git/hooks; "
+            "sudo sh -c 'echo pwn > /workspace/.git/hooks/pre-commit' && echo WROTE",
+        ],
+        progress=Progress(enabled=False),
+        stdin_fd=None,
+    )
+    assert code != 0
+    assert "WROTE" not in capfd.readouterr().out
+    assert (host_ws / ".git/hooks/pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
