@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+
 from coi.launcher.config.layers import ConfigValidationError
 from coi.launcher.config.loader import (
     ConfigPaths,

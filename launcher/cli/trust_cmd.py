@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from coi.launcher.cli.config_cmd import OutputFormat, fail
 from coi.launcher.config.layers import ConfigValidationError, parse_config, read_file
 from coi.launcher.config.loader import ConfigPaths, find_project_file
