@@ -536,3 +536,43 @@ def plan_for_client(
         environ=environ,
         git_identity=git_identity,
     )
+
+
+_LIMIT_LABELS = {
+    "limits.cpu": "CPU",
+    "limits.cpu.allowance": "CPU time",
+    "limits.memory": "memory",
+    "limits.memory.swap": "swap",
+    "limits.processes": "processes",
+}
+
+
+def describe_instance(
+    config: Mapping[str, str], devices: Mapping[str, Mapping[str, str]], *, now: float
+) -> list[str]:
+    """What `coi list`/`coi info` show of a running sandbox, read back from its Incus config:
+    limits, time left, host mounts, protected and hidden paths, SSH agent."""
+    lines = [
+        f"limit: {label}: {config[key]}" for key, label in _LIMIT_LABELS.items() if key in config
+    ]
+    root = devices.get("root") or {}
+    for key in ("limits.read", "limits.write", "limits.max", "size"):
+        if key in root:
+            lines.append(f"limit: disk {key.removeprefix('limits.')}: {root[key]}")
+    deadline = config.get("user.coi.deadline", "")
+    if deadline.isdigit():
+        lines.append(f"run time left: {max(0, int(deadline) - int(now))} s")
+    for name, device in sorted(devices.items()):
+        path = device.get("path", "")
+        ro = device.get("readonly") == "true"
+        if name.startswith("coi-mount-"):
+            lines.append(f"host mount: {path} ({'read-only' if ro else 'read-write'})")
+        elif name.startswith("coi-protect-"):
+            lines.append(f"read-only (protected): {path}")
+        elif name.startswith("coi-secret-"):
+            lines.append(f"hidden (secret): {path}")
+        elif name == "coi-ssh-agent":
+            lines.append("SSH agent: forwarded")
+        elif name == "workspace" and device.get("recursive") == "true":
+            lines.append("protection: locked mounts")
+    return lines

@@ -15,6 +15,7 @@ from coi.launcher.session.hostint import (
     SSH_AGENT_PATH,
     GitIdentity,
     HostIntegration,
+    describe_instance,
     plan_host_integration,
 )
 from coi.launcher.session.hostint_guard import stage_for_caller
@@ -212,3 +213,25 @@ def test_stage_request_checks(tmp_path: Path) -> None:
         attempt(workspace=tmp_path / "link")
     with pytest.raises(SessionError, match="inside the workspace"):
         attempt(protected=(PurePosixPath("../outside"),))
+
+
+def test_describe_instance_reads_back_the_config() -> None:
+    lines = describe_instance(
+        {"limits.memory": "134217728B", "user.coi.deadline": "1100", "limits.cpu": "2"},
+        {
+            "root": {"type": "disk", "path": "/", "limits.write": "10MB"},
+            "coi-mount-0": {"type": "disk", "path": "/data", "readonly": "true"},
+            "coi-protect-0": {"type": "disk", "path": "/workspace/.git/hooks"},
+            "coi-ssh-agent": {"type": "proxy"},
+        },
+        now=1000,
+    )
+    assert lines == [
+        "limit: CPU: 2",
+        "limit: memory: 134217728B",
+        "limit: disk write: 10MB",
+        "run time left: 100 s",
+        "host mount: /data (read-only)",
+        "read-only (protected): /workspace/.git/hooks",
+        "SSH agent: forwarded",
+    ]
