@@ -10,6 +10,8 @@ Public API (the IPC layer and tests use only these names)::
     engine.get(ContainerKey(...))                        -> AppliedPolicy | None
     engine.read_counters(ContainerKey(...))              -> Counters
     engine.reconcile(keep: Iterable[ContainerKey])       -> ReconcileReport
+    target_from_incus(project, instance, expanded_devices, config, network_config)
+                                                         -> NetworkTarget
 """
 
 from coi.helper.network.engine import AppliedPolicy, Counters, NetworkEngine, ReconcileReport
@@ -20,6 +22,7 @@ from coi.helper.network.errors import (
     NetworkError,
     ResolverError,
 )
+from coi.helper.network.incus import target_from_incus
 from coi.helper.network.policy import (
     AllowEntry,
     HostException,
@@ -53,4 +56,5 @@ __all__ = [
     "blocked_policy",
     "host_upstreams",
     "parse_policy",
+    "target_from_incus",
 ]

@@ -32,6 +32,7 @@ from coi.helper.network import (
     Upstream,
     parse_policy,
 )
+from coi.helper.network.incus import target_from_incus
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +172,14 @@ class Container:
         incus("config", "device", "override", self.name, "eth0", f"host_name={self.veth}")
 
     def target(self, gw: ipaddress.IPv4Address) -> NetworkTarget:
-        return NetworkTarget(ContainerKey("default", self.name), self.veth, BRIDGE, gw)
+        """The target as the IPC layer derives it from Incus' own records."""
+        record = json.loads(incus("query", f"/1.0/instances/{self.name}"))
+        network = json.loads(incus("query", f"/1.0/networks/{BRIDGE}"))
+        target = target_from_incus(
+            "default", self.name, record["expanded_devices"], record["config"], network["config"]
+        )
+        assert target == NetworkTarget(ContainerKey("default", self.name), self.veth, BRIDGE, gw)
+        return target
 
     def start(self) -> None:
         incus("start", self.name)

@@ -17,6 +17,7 @@ from coi.helper.network import (
     NetworkTarget,
     parse_policy,
 )
+from coi.helper.network.incus import target_from_incus
 from coi.helper.network.policy import MAX_ALLOWLIST_ENTRIES
 from coi.helper.network.resolver import ResolverSpec, Upstream, render_config
 
@@ -193,3 +194,48 @@ def test_resolver_config_forwards_only_allowed_names() -> None:
     assert "server=/*.cdn.example.net/192.0.2.53#53" in lines
     assert "nftset=/cdn.example.net/4#inet#coi#n4_x_0,6#inet#coi#n6_x_0" in lines
     assert not [line for line in lines if line.startswith("server=") and "example" not in line]
+
+
+# Shaped like Incus 6.0's answers for a container on the managed bridge coibr0.
+DEVICES = {
+    "eth0": {"name": "eth0", "network": "coibr0", "type": "nic", "host_name": "coi1234abcd"},
+    "root": {"path": "/", "pool": "coi", "type": "disk"},
+}
+NETWORK = {"ipv4.address": "10.211.47.1/24", "ipv4.nat": "true", "ipv6.address": "none"}
+
+
+def test_target_from_incus_records() -> None:
+    target = target_from_incus("user-1000", "coi-abc-1", DEVICES, {}, NETWORK)
+    assert target.veth == "coi1234abcd" and target.bridge == "coibr0"
+    assert target.gateway4 == ipaddress.IPv4Address("10.211.47.1") and target.gateway6 is None
+    # A running container without a pinned name: Incus' volatile key.
+    unpinned = {"eth0": {"network": "coibr0", "type": "nic"}}
+    running = target_from_incus(
+        "p", "c", unpinned, {"volatile.eth0.host_name": "veth1a2b3c4d"}, NETWORK
+    )
+    assert running.veth == "veth1a2b3c4d"
+    dual = target_from_incus("p", "c", DEVICES, {}, {**NETWORK, "ipv6.address": "fd42::1/64"})
+    assert dual.gateway6 == ipaddress.IPv6Address("fd42::1")
+
+
+@pytest.mark.parametrize(
+    ("devices", "config", "network", "words"),
+    [
+        ({"root": {"type": "disk"}}, {}, NETWORK, "exactly one"),
+        ({**DEVICES, "eth1": {"type": "nic", "network": "coibr0"}}, {}, NETWORK, "exactly one"),
+        ({"eth0": {"type": "nic", "network": "coibr0"}}, {}, NETWORK, "host_name"),
+        (
+            {"eth0": {"type": "nic", "nictype": "macvlan", "parent": "eth0", "host_name": "x"}},
+            {},
+            NETWORK,
+            "bridge",
+        ),
+        (DEVICES, {}, {"ipv4.address": "none", "ipv6.address": "none"}, "gateway"),
+        (DEVICES, {}, {"ipv4.address": "fd00::1/64"}, "family"),
+    ],
+)
+def test_target_from_incus_fails_closed(
+    devices: dict[str, Any], config: dict[str, Any], network: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(InvalidTarget, match=words):
+        target_from_incus("p", "c", devices, config, network)
