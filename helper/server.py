@@ -34,6 +34,11 @@ from coi.helper.service import CallContext, Service
 
 log = logging.getLogger(__name__)
 
+# Refusals an administrator wants in the log (who tried what on which container).
+AUDITED = frozenset(
+    {Err.PERMISSION_DENIED, Err.INTERACTIVE_AUTH, Err.NOT_OWNER, Err.POLICY_FORBIDDEN}
+)
+
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -246,7 +251,19 @@ class Connection:
                     )
                 )
             return True
-        return all(self._send(reply) for reply in self.service.dispatch(self.ctx, call))
+        for reply in self.service.dispatch(self.ctx, call):
+            if reply.get("error") in AUDITED:
+                log.info(
+                    "uid %d pid %d: %s refused: %s %s",
+                    self.peer.uid,
+                    self.peer.pid,
+                    call.method,
+                    str(reply["error"]).rsplit(".", 1)[-1],
+                    reply.get("parameters", {}),
+                )
+            if not self._send(reply):
+                return False
+        return True
 
     def _violation(self, reason: str) -> None:
         log.info("protocol violation from pid %d uid %d: %s", self.peer.pid, self.peer.uid, reason)

@@ -127,6 +127,9 @@ def test_alice_is_refused_for_bobs_container(helper_env: HelperEnv) -> None:
     assert reply["parameters"]["uid"] == env.alice.uid
     reply = describe(env, env.alice, env.root_container, "default")
     assert reply["error"] == Err.NOT_OWNER
+    # The refusal is in the helper's log for the administrator.
+    log = env.helper.log.read_text()
+    assert f"uid {env.alice.uid} " in log and "DescribeInstance refused: NotOwner" in log
 
 
 def test_bob_is_served_for_his_own(helper_env: HelperEnv) -> None:
