@@ -158,14 +158,17 @@ def unix_user(name: str) -> UnixUser:
     return UnixUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
 
-def coi_as(user: UnixUser, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the real `coi` console script as `user` with a clean environment."""
+def coi_as(
+    user: UnixUser, *args: str, cwd: Path, extra_env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `coi` console script as `user` with a clean environment (+ `extra_env`)."""
     env = {
         "PATH": f"{Path(COI).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(user.home),
         "USER": user.name,
         "LANG": "C.UTF-8",
         "COI_CONTAINER_PREFIX": PREFIX,
+        **(extra_env or {}),
     }
     argv = [
         "setpriv",
