@@ -15,7 +15,7 @@ from pathlib import Path
 
 from coi.launcher.errors import IncusError, SessionError
 from coi.launcher.incus.client import IncusClient
-from coi.launcher.incus.exec import ExecRequest, run_captured
+from coi.launcher.incus.exec import ExecRequest, ExecSession
 from coi.launcher.session.sandbox import CODE_HOME, CODE_UID
 from coi.launcher.session.tools import ToolSpec
 
@@ -88,17 +88,38 @@ def code_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def exec_as_code(
-    client: IncusClient, name: str, argv: Sequence[str], *, stdin: bytes = b""
+    client: IncusClient,
+    name: str,
+    argv: Sequence[str],
+    *,
+    stdin: bytes = b"",
+    environment: Mapping[str, str] | None = None,
+    cwd: str = CODE_HOME,
 ) -> tuple[int, bytes, bytes]:
-    """Run a command as `code` in its home; (exit code, stdout, stderr)."""
+    """Run a command as `code` (in its home by default); (exit code, stdout, stderr)."""
     request = ExecRequest(
         command=list(argv),
         user=CODE_UID,
         group=CODE_UID,
-        cwd=CODE_HOME,
-        environment=code_environment(),
+        cwd=cwd,
+        environment=code_environment() if environment is None else environment,
     )
-    return run_captured(client, name, request, stdin=stdin)
+    # stdin always goes through a pipe (empty or not): the end-of-input of a command that
+    # has already exited is then sent by the pump thread, which tolerates a closed stream.
+    out: list[bytes] = []
+    err: list[bytes] = []
+    session = ExecSession.start(client, name, request)
+    read_fd, write_fd = os.pipe()
+    try:
+        with os.fdopen(write_fd, "wb") as feed:
+            session.pump(read_fd, out.append, err.append)
+            feed.write(stdin)
+        code = session.wait()
+    finally:
+        session.close()
+    # read_fd stays open: the pump thread may not have read its end-of-input yet, and a
+    # closed number could be reused by another thread's file. It is freed when coi exits.
+    return code, b"".join(out), b"".join(err)
 
 
 def _run(client: IncusClient, name: str, argv: Sequence[str], *, stdin: bytes = b"") -> bytes:

@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -26,7 +27,7 @@ from typing import Any
 
 from coi.launcher.errors import CoiError, IncusError, SessionError, UsageError
 from coi.launcher.incus.client import IncusClient
-from coi.launcher.incus.exec import ExecRequest, run_captured
+from coi.launcher.incus.exec import ExecRequest
 from coi.launcher.progress import Progress, warn
 from coi.launcher.session.context import (
     SandboxContext,
@@ -213,17 +214,43 @@ def attach_terminal(client: IncusClient, name: str, *, bash: bool = False) -> in
     return bridge(session)
 
 
-def classify(client: IncusClient, name: str) -> Outcome:
-    """What state the session is in after an attach ended."""
-    info = client.instance(name)
-    if info is None:
-        return Outcome.LOST
-    if not info.running:
-        return Outcome.POWERED_OFF
+def _has_exit_file(client: IncusClient, name: str) -> bool:
     try:
-        return Outcome.DETACHED if tmux_running(client, name) else Outcome.ENDED
+        client.pull_file(name, EXIT_FILE)
     except IncusError:
-        return Outcome.LOST if client.instance(name) is None else Outcome.POWERED_OFF
+        return False
+    return True
+
+
+def classify(client: IncusClient, name: str, *, settle: float = 15.0) -> Outcome:
+    """What state the session is in after an attach ended.
+
+    A container that is shutting down (poweroff inside, or a delete from outside, which
+    stops it first) is watched until it settled, at most `settle` seconds.
+    """
+    deadline = time.monotonic() + settle
+    while True:
+        client.wait_instance_idle(name, timeout=settle)
+        info = client.instance(name)
+        if info is None:
+            return Outcome.LOST
+        if info.status == "Stopped":
+            # `incus delete --force` stops first, then deletes: give the delete a moment.
+            time.sleep(1.0)
+            client.wait_instance_idle(name, timeout=settle)
+            return Outcome.LOST if client.instance(name) is None else Outcome.POWERED_OFF
+        if info.running:
+            try:
+                if tmux_running(client, name):
+                    return Outcome.DETACHED
+                if _has_exit_file(client, name):
+                    return Outcome.ENDED
+            except IncusError:
+                pass
+        # Neither attached nor a recorded exit: the container is probably going down.
+        if time.monotonic() >= deadline:
+            return Outcome.ENDED if info.running else Outcome.POWERED_OFF
+        time.sleep(0.3)
 
 
 def _stop(client: IncusClient, name: str) -> None:
@@ -268,7 +295,12 @@ def conclude(
     code = 0
     if outcome is Outcome.POWERED_OFF:
         progress.step(f"{name} was powered off; starting it once more to save the session")
-        client.set_state(name, "start")
+        try:
+            client.set_state(name, "start")
+        except IncusError:
+            if client.instance(name) is None:
+                return conclude(client, name, Outcome.LOST, spec, store, meta, release=release)
+            raise
     else:
         code = _tool_exit_code(client, name)
     progress.step(f"saving {spec.name} session data")
@@ -309,13 +341,7 @@ def _start_tool(client: IncusClient, sandbox: Sandbox, request: ShellRequest, re
         "-x", str(width), "-y", str(height), "-c", "/workspace",
         "bash", "-c", script, "coi-tool", *argv,
     ]  # fmt: skip
-    code, out, err = run_captured(
-        client,
-        sandbox.name,
-        ExecRequest(
-            command=command, environment=env, user=CODE_UID, group=CODE_UID, cwd="/workspace"
-        ),
-    )
+    code, out, err = exec_as_code(client, sandbox.name, command, environment=env, cwd="/workspace")
     if code != 0:
         raise SessionError(
             f"could not start {shlex.join(argv)} in tmux in {sandbox.name}: "
