@@ -1,6 +1,6 @@
 """Property-based fuzzing of the decoder, the validators and the whole dispatch path.
 
-Each decoder/validator property runs EXAMPLES cases (7 properties: 14,000 cases), and the live
+Each decoder/validator property runs EXAMPLES cases (7 properties: 10,500 cases), and the live
 server loop another 500, well under a minute in all.
 The invariant everywhere: hostile input yields a typed error (ProtocolError, ValidationError,
 a varlink error reply), never any other exception.
@@ -27,7 +27,7 @@ from coi.helper.ipc.idl import Bounds, validate_struct
 from coi.helper.ipc.wire import FrameDecoder, decode_json, parse_call
 from coi.helper.names import instance_name_problem, project_name_problem
 
-EXAMPLES = 2000
+EXAMPLES = 1500
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
