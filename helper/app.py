@@ -16,7 +16,6 @@ from coi.helper.authz import Authorizer, DecisionCache
 from coi.helper.identity import PeerIdentity
 from coi.helper.incus import InstanceSource
 from coi.helper.interface import (
-    INTERFACE,
     METHOD_TYPES,
     Action,
     Authorization,
@@ -208,5 +207,3 @@ class HelperApp:
         ctx.check_owner(project, instance)
         return DescribeInstanceOut(instance=self.instances.describe(project, instance))
 
-
-__all__ = ["INTERFACE", "CallerContext", "HelperApp", "user_project"]

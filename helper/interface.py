@@ -172,8 +172,8 @@ class DescribeInstanceOut:
     instance: InstanceInfo
 
 
-# method name -> (input dataclass, output dataclass); the network and monitoring methods add
-# their entries here next to their interface lines.
+# method name -> (input dataclass, output dataclass) of the methods HelperApp implements itself.
+# Feature packages bring their own dataclasses with their methods (coi.helper.app.EXTENSIONS).
 METHOD_TYPES: dict[str, tuple[type, type]] = {
     "GetInfo": (GetInfoIn, GetInfoOut),
     "Ping": (PingIn, PingOut),
