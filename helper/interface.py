@@ -74,7 +74,9 @@ class Caller:
 class Features:
     """Kernel and system features the helper found."""
 
+    kernel: str
     peer_pidfd: bool
+    proc_connector_unprivileged: bool
     polkit: bool
     polkit_version: str
     polkit_pidfd_subject: bool

@@ -50,6 +50,16 @@ def kernel_has_peer_pidfd() -> bool:
         b.close()
 
 
+def kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    """True if the running kernel (or `release`) is at least major.minor."""
+    parts = (release or os.uname().release).split(".")
+    try:
+        have = (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0))
+    except (IndexError, ValueError):
+        return False
+    return have >= (major, minor)
+
+
 def activated_socket() -> socket.socket | None:
     """The listening socket passed by systemd socket activation, if any."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
@@ -126,7 +136,9 @@ def serve(args: argparse.Namespace) -> int:
         raise StartupError(f"refusing to serve: {exc}") from exc
 
     features = Features(
+        kernel=os.uname().release,
         peer_pidfd=peer_pidfd,
+        proc_connector_unprivileged=kernel_at_least(6, 6),
         polkit=polkit_up,
         polkit_version=polkit.version_text if polkit is not None else "",
         polkit_pidfd_subject=polkit_up

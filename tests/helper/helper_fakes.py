@@ -18,7 +18,9 @@ from coi.helper.server import ServerLimits
 from coi.helper.service import Contribution, MethodSpec
 
 FEATURES = Features(
+    kernel="6.18.0",
     peer_pidfd=True,
+    proc_connector_unprivileged=True,
     polkit=True,
     polkit_version="122",
     polkit_pidfd_subject=False,

@@ -88,6 +88,8 @@ def test_helper_keeps_only_cap_net_admin_and_no_new_privs(helper_env: HelperEnv)
     assert info["features"]["capabilities"] == ["cap_net_admin"]
     assert info["features"]["no_new_privs"] is True
     assert info["features"]["polkit"] is True
+    assert info["features"]["kernel"] == os.uname().release
+    assert info["features"]["peer_pidfd"] is True  # this host's kernel is >= 6.5
 
 
 def test_helper_refuses_to_serve_without_root(helper_env: HelperEnv) -> None:

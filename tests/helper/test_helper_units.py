@@ -148,6 +148,23 @@ def test_identity_of_an_exited_peer_is_dead() -> None:
         proc.wait()
 
 
+@pytest.mark.parametrize(
+    ("release", "want"),
+    [
+        ("6.6.0", True),
+        ("6.18.44-fc-v657", True),
+        ("6.5.13-generic", False),
+        ("5.15.0", False),
+        ("7.0", True),
+        ("garbage", False),
+    ],
+)
+def test_kernel_version_check(release: str, want: bool) -> None:
+    from coi.helper.main import kernel_at_least
+
+    assert kernel_at_least(6, 6, release) is want
+
+
 def test_capability_names() -> None:
     assert cap_names(1 << 12) == ["cap_net_admin"]
     assert cap_names(0) == []
