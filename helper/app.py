@@ -206,4 +206,3 @@ class HelperApp:
         # even learn whether a container exists in someone else's project.
         ctx.check_owner(project, instance)
         return DescribeInstanceOut(instance=self.instances.describe(project, instance))
-
