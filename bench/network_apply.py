@@ -5,7 +5,8 @@ so the host's firewall is never touched. Prints one JSON document:
 
 - `apply_latency`: p50/p99 (ms) of re-applying one container's policy, per mode and backend;
 - `scaling`: for 1..200 installed containers, the p50 (ms) of applying one more policy, of
-  re-applying one, of reading one container's counters and of listing all policies;
+  re-applying one, of reading one container's counters and of listing all policies; then one
+  `reconcile` that drops half of them (a helper start after containers vanished);
 - `ratios`: each scaling figure divided by the same figure at 1 container (the baseline
   measured in this run), and the command backend against the in-process one.
 
@@ -134,16 +135,26 @@ def bench_scaling(workdir: Path, sizes: list[int], repeat: int) -> dict[str, Any
             "read_counters": summary(timed(lambda: engine.read_counters(target(0).key), repeat)),
             "list_policies": summary(timed(engine.list_policies, max(3, repeat // 5))),
         }
+    # Helper start after half the containers vanished: one reconcile pass.
+    keep = [target(i).key for i in range(installed // 2)]
+    start = time.perf_counter()
+    report = engine.reconcile(keep)
+    rows["reconcile"] = {
+        "installed": installed,
+        "removed": len(report.removed),
+        "ms": round((time.perf_counter() - start) * 1000, 3),
+    }
     engine.remove_all()
     return rows
 
 
 def ratios(scaling: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
     """Scaling figures against the 1-container baseline; command backend against libnftables."""
-    first = next(iter(scaling.values()))
+    sizes = {n: row for n, row in scaling.items() if n != "reconcile"}
+    first = next(iter(sizes.values()))
     by_size = {
         n: {k: round(row[k]["p50_ms"] / first[k]["p50_ms"], 2) for k in row}
-        for n, row in scaling.items()
+        for n, row in sizes.items()
     }
     backends = {
         mode: round(latency["command"][mode]["p50_ms"] / latency["libnftables"][mode]["p50_ms"], 2)

@@ -125,6 +125,16 @@ class _Inventory:
     def cids(self) -> set[str]:
         return set(self.objects) | set(self.elements)
 
+    def forget(self, cid: str) -> None:
+        """Drop a container that was just removed (saves listing the kernel again)."""
+        self.objects.pop(cid, None)
+        self.elements.pop(cid, None)
+        self.marks = {m: c for m, c in self.marks.items() if ruleset.cid_of(c) != cid}
+        if not self.cids():
+            # Removing the last container drops both tables.
+            self.tables.clear()
+            self.base_chains.clear()
+
 
 class NetworkEngine:
     """Network isolation of coi containers (one instance per helper process)."""
@@ -237,17 +247,16 @@ class NetworkEngine:
                 if cid not in wanted:
                     self._remove(cid, inv)
                     removed.append(entry.key)
-                    inv = self._inventory(deep=True)
+                    inv.forget(cid)
                 elif not self._complete(entry, inv) or (
                     entry.policy.mode is NetworkMode.ALLOWLIST and self.resolvers.pid(cid) is None
                 ):
                     self._apply(entry.target, entry.policy, inv)
                     reapplied.append(entry.key)
-                    inv = self._inventory(deep=True)
             orphans = sorted(inv.cids() - set(stored))
             for cid in orphans:
                 self._remove(cid, inv)
-                inv = self._inventory(deep=True)
+                inv.forget(cid)
             resolving = [
                 cid
                 for cid, e in stored.items()
