@@ -32,6 +32,8 @@ from coi.launcher.config.limits import describe_limits, incus_limits, resource_l
 from coi.launcher.config.model import Config
 from coi.launcher.errors import SessionError
 from coi.launcher.incus.client import IncusClient
+from coi.launcher.progress import warn
+from coi.launcher.session import hostint_watch as watch
 from coi.launcher.session.hostint_guard import (
     StagePlan,
     anchors_of,
@@ -364,6 +366,8 @@ def _plan_protection(
         plan.devices[f"coi-secret-{index}"] = _disk(
             source, _inside(rel), readonly=True, shift=False
         )
+    if protected:
+        plan.before_start.append(_tamper_check(workspace, protected))
 
 
 def _inside(rel: PurePosixPath) -> PurePosixPath:
@@ -390,6 +394,31 @@ def _remove_placeholders(workspace: Path, created: list[PurePosixPath]) -> Befor
                         path.unlink()
 
         teardown.push(f"remove empty protected placeholders of {name}", undo)
+
+    return hook
+
+
+def _tamper_check(workspace: Path, protected: list[PurePosixPath]) -> BeforeStart:
+    """Record the protected trees before the start; report changes when the session ends."""
+
+    def hook(_client: IncusClient, name: str, teardown: Teardown) -> None:
+        before = watch.snapshot(workspace, protected)
+
+        def check() -> None:
+            changed = watch.changes(before, watch.snapshot(workspace, protected))
+            if not changed:
+                return
+            cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+            saved = watch.save_originals(before, changed, cache / "coi" / "protected" / name)
+            shown = ", ".join(changed[:5]) + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            )
+            warn(
+                f"protected paths in {workspace} changed during the session ({shown}); "
+                f"review them before running git on the host; originals saved in {saved}"
+            )
+
+        teardown.push(f"check the protected paths of {name}", check)
 
     return hook
 

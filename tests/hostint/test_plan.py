@@ -19,6 +19,7 @@ from coi.launcher.session.hostint import (
     plan_host_integration,
 )
 from coi.launcher.session.hostint_guard import stage_for_caller
+from coi.launcher.session.hostint_watch import changes, save_originals, snapshot
 
 
 def plan(
@@ -81,7 +82,7 @@ def test_protected_paths_and_placeholders(ws: Path) -> None:
     # .git is a mountpoint too, so it cannot be renamed away with its protected children.
     anchors = {d["path"] for n, d in result.devices.items() if n.startswith("coi-anchor")}
     assert anchors == {"/workspace/.git"}
-    assert len(result.before_start) == 1  # removes the placeholders again at the end
+    assert len(result.before_start) == 2  # placeholder removal, tamper check at the end
 
 
 def test_writable_git_hooks_opts_out(ws: Path) -> None:
@@ -235,3 +236,23 @@ def test_describe_instance_reads_back_the_config() -> None:
         "read-only (protected): /workspace/.git/hooks",
         "SSH agent: forwarded",
     ]
+
+
+def test_tamper_snapshot_sees_changes_without_following_links(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".git/hooks").mkdir(parents=True)
+    (ws / ".git/hooks/pre-commit").write_text("orig\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_text("x")
+    roots = [PurePosixPath(".git/hooks")]
+    before = snapshot(ws, roots)
+    assert changes(before, snapshot(ws, roots)) == []
+    (ws / ".git/hooks/pre-commit").write_text("evil\n")
+    (ws / ".git/hooks/link").symlink_to(outside)
+    after = snapshot(ws, roots)
+    assert changes(before, after) == [".git/hooks/link", ".git/hooks/pre-commit"]
+    assert ".git/hooks/link/big" not in after  # the link is not followed
+    saved = save_originals(before, changes(before, after), tmp_path / "saved")
+    assert (saved / ".git/hooks/pre-commit").read_text() == "orig\n"
+    assert not (saved / ".git/hooks/link").exists()

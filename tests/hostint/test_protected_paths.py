@@ -165,9 +165,17 @@ def test_stage_refuses_a_symlink_instead_of_following_it(tmp_path: Path) -> None
     assert str(tmp_path / "stage") not in Path("/proc/self/mountinfo").read_text()
 
 
-def test_plain_read_only_devices_are_what_root_can_undo(client: IncusClient, host_ws: Path) -> None:
+def test_plain_read_only_devices_are_what_root_can_undo(
+    client: IncusClient,
+    host_ws: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     """Without the locked tree (unprivileged launcher alone) the guard is weaker, and says so:
-    this documents the kernel behaviour that makes the locked tree necessary."""
+    this documents the kernel behaviour that makes the locked tree necessary. The change is
+    reported at the end of the session, with the original saved."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     make_repo(host_ws)
     config = config_for(host_ws, {})
     with started_sandbox(client, host_ws, config) as box:
@@ -175,12 +183,21 @@ def test_plain_read_only_devices_are_what_root_can_undo(client: IncusClient, hos
         code, _, _ = box.as_code("echo pwn > /workspace/.git/hooks/pre-commit")
         assert code != 0  # read-only for the agent itself
         code, out, err = box.as_root(
-            ["sh", "-c", "umount -l /workspace/.git/hooks && echo pwn > /workspace/.git/hooks/x"]
+            [
+                "sh",
+                "-c",
+                "umount -l /workspace/.git/hooks && echo pwn > /workspace/.git/hooks/pre-commit",
+            ]
         )
+        capfd.readouterr()
     # If this ever fails, Incus or the kernel started locking device mounts: good news, the
     # plain mode then suffices.
     assert code == 0, out + err
-    assert (host_ws / ".git/hooks/x").read_text() == "pwn\n"
+    assert (host_ws / ".git/hooks/pre-commit").read_text() == "pwn\n"
+    err = capfd.readouterr().err
+    assert "protected paths" in err and ".git/hooks/pre-commit" in err, err
+    saved = list((tmp_path / "cache/coi/protected").glob("*/*/.git/hooks/pre-commit"))
+    assert [p.read_text() for p in saved] == ["#!/bin/sh\nexit 0\n"]
 
 
 def test_coi_run_as_root_builds_the_locked_workspace_itself(
