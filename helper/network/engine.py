@@ -72,6 +72,17 @@ class AppliedPolicy:
             "resolver_pid": self.resolver_pid,
         }
 
+    def to_entry(self) -> dict[str, Any]:
+        """The varlink `NetworkPolicyEntry` of this policy (ListNetworkPolicies)."""
+        return {
+            "instance": self.key.instance,
+            "project": self.key.project,
+            "policy": self.policy.to_dict(),
+            "generation": self.generation,
+            "installed": self.installed,
+            "resolver_running": self.resolver_pid is not None,
+        }
+
     @staticmethod
     def from_dict(raw: dict[str, Any]) -> AppliedPolicy:
         """Inverse of `to_dict` (validates the stored policy again)."""

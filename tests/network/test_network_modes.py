@@ -159,4 +159,19 @@ def test_policies_are_per_container(lab: L.Lab, engine: LabEngine, apply: Apply)
     assert engine.remove(key_of("c1"))
     assert L.reachable(L.C1, "tcp", L.PRIV4)
     assert not L.reachable(L.C2, "tcp", L.PRIV4)
-    assert [p.key for p in engine.list_policies()] == [key_of("c2")]
+    assert [p.to_entry() for p in engine.list_policies()] == [
+        {
+            "instance": "coit-net-c2",
+            "project": "coit-net",
+            "policy": {
+                "mode": "restricted",
+                "allowed_ports": [],
+                "block_private_networks": True,
+                "block_metadata_endpoint": True,
+                "hosts": [],
+            },
+            "generation": 1,
+            "installed": True,
+            "resolver_running": False,
+        }
+    ]

@@ -10,7 +10,9 @@ import pytest
 
 from coi.helper.network import (
     AllowEntry,
+    AppliedPolicy,
     ContainerKey,
+    Counters,
     InvalidPolicy,
     InvalidTarget,
     NetworkMode,
@@ -239,3 +241,43 @@ def test_target_from_incus_fails_closed(
 ) -> None:
     with pytest.raises(InvalidTarget, match=words):
         target_from_incus("p", "c", devices, config, network)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {
+            "mode": "restricted",
+            "allowed_ports": [443],
+            "hosts": [{"target": "10.1.2.3", "ports": [22], "name": "git"}],
+        },
+        {
+            "mode": "allowlist",
+            "allowlist": [
+                {"target": "a.example.com", "ports": [443]},
+                {"target": "*.b.example.com"},
+            ],
+        },
+        {"mode": "open", "block_metadata_endpoint": False},
+        {"mode": "blocked"},
+    ],
+)
+def test_wire_shapes_match_the_helper_interface(raw: dict[str, Any]) -> None:
+    """What the engine returns and accepts is exactly what org.codeonincus.Helper declares."""
+    from coi.helper.interface import helper_interface
+    from coi.helper.ipc.idl import Bounds, validate_struct
+
+    iface = helper_interface()
+    policy = parse_policy(raw)
+    target = NetworkTarget(
+        ContainerKey("user-1000", "coi-x-1"), "vx", "coibr0", ipaddress.IPv4Address("10.0.0.1")
+    )
+    call = {"instance": "coi-x-1", "project": "user-1000", "policy": policy.to_dict()}
+    validate_struct(iface, iface.methods["ApplyNetworkPolicy"].input, call, "", Bounds())
+    entry = AppliedPolicy(target, policy, 3).to_entry()
+    validate_struct(
+        iface, iface.methods["ListNetworkPolicies"].output, {"policies": [entry]}, "", Bounds()
+    )
+    counters = {"counters": Counters(*range(8)).to_dict()}
+    validate_struct(iface, iface.methods["ReadCounters"].output, counters, "", Bounds())
+    assert parse_policy(entry["policy"]) == policy
