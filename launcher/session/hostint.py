@@ -429,6 +429,7 @@ def _use_stage(stage: StagePlan, shift: bool) -> BeforeStart:
     def hook(client: IncusClient, name: str, teardown: Teardown) -> None:
         target = stage.stage / name
         plan = StagePlan(stage.workspace, target, stage.anchors, stage.protected, stage.secrets)
+        remove_stage(target)  # left over by a crashed session of a persistent container
         build_stage(plan)
         teardown.push(f"remove the protected workspace of {name}", lambda: remove_stage(target))
         devices = local_devices(client, name)
