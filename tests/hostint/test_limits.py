@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,3 +102,49 @@ def test_duration_timer_survives_the_launcher_and_can_be_cancelled(
         assert info is not None and info.running
         assert KEY_DEADLINE not in info.config
         assert not _timer_alive(pid)
+
+
+DRIVER = """
+import os, sys
+from pathlib import Path
+from coi.launcher.incus.client import IncusClient
+from coi.launcher.progress import Progress
+from coi.launcher.session.hostint import GitIdentity, plan_for_client
+from coi.launcher.session.phases import Teardown
+from coi.launcher.session.sandbox import SandboxRequest, open_sandbox
+from hostint_harness import config_for
+
+ws = Path(sys.argv[1])
+client = IncusClient.connect()
+plan = plan_for_client(client, config_for(ws, {"limits.duration": "15s"}), ws, warnings=[],
+                       environ={}, git_identity=GitIdentity())
+request = SandboxRequest(workspace=ws, persistent=True, devices=plan.devices, config=plan.config,
+                         before_start=plan.before_start, after_start=plan.after_start,
+                         wait_for_network=0)
+sandbox = open_sandbox(client, request, Teardown(), Progress(enabled=False))
+print(sandbox.name)
+os._exit(0)  # the launcher is gone at once: no teardown, no timer thread
+"""
+
+
+def test_duration_outlives_the_launcher(client: IncusClient, host_ws: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(host_ws)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    name = out.stdout.strip().splitlines()[-1]
+    try:
+        info = client.instance(name)
+        assert info is not None and info.running
+        elapsed = time.monotonic() - started + wait_gone(client, name, 60)
+        assert 10 <= elapsed <= 35, elapsed
+        info = client.instance(name)
+        assert info is not None and info.status == "Stopped"  # persistent: stopped, kept
+    finally:
+        client.remove_instance(name)
