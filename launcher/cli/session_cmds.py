@@ -17,14 +17,31 @@ import typer
 from typer import _click
 from typer.core import TyperCommand
 
-from coi.launcher.cli.config_cmd import print_warnings
+from coi.launcher.cli.run_options import (
+    ForwardEnvOpt,
+    HostFlags,
+    LimitCpuAllowanceOpt,
+    LimitCpuOpt,
+    LimitDiskMaxOpt,
+    LimitDiskReadOpt,
+    LimitDiskWriteOpt,
+    LimitDurationOpt,
+    LimitMemoryOpt,
+    LimitProcessesOpt,
+    LimitSwapOpt,
+    MountOpt,
+    ProfileOpt,
+    SshAgentOpt,
+    WritableHooksOpt,
+    sandbox_request,
+)
 from coi.launcher.config import Config, flag_overrides, load_config
 from coi.launcher.errors import SessionError, UsageError
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import Progress
 from coi.launcher.session import manage
 from coi.launcher.session.naming import check_slot
-from coi.launcher.session.sandbox import SandboxRequest, resolve_workspace
+from coi.launcher.session.sandbox import resolve_workspace
 from coi.launcher.session.shell import (
     DEFAULT_SYNC_SECONDS,
     ShellRequest,
@@ -81,23 +98,26 @@ def sync_seconds() -> float:
         raise UsageError(f"COI_SESSION_SYNC_SECONDS={raw!r} is not a number") from None
 
 
-def forwarded_env(config: Config) -> dict[str, str]:
-    """`env.set` plus the forwarded host variables that are set."""
-    env = {name: os.environ[name] for name in config.env.forward if name in os.environ}
-    env.update(config.env.set)
-    return env
+def session_config(
+    workspace: Path, flags: HostFlags, *, tool: str | None, network: str | None, monitor: bool
+) -> Config:
+    """The configuration a session runs with: the host flags plus --tool/--network/--monitor.
 
-
-def limits_summary(config: Config) -> dict[str, str]:
-    """The configured limits as text for ~/SANDBOX_CONTEXT.md."""
-    lim = config.limits
-    return {
-        "cpu": lim.cpu,
-        "cpu allowance": lim.cpu_allowance,
-        "memory": lim.memory,
-        "processes": str(lim.processes) if lim.processes else "",
-        "duration": lim.duration,
-    }
+    Warnings are printed by `sandbox_request`, which loads the same layers.
+    """
+    overrides = flag_overrides(
+        network=network,
+        monitor=monitor,
+        tool=tool,
+        persistent=flags.persistent,
+        image=flags.image,
+        env=flags.env,
+        mounts=flags.mounts,
+        forward_env=flags.forward_env,
+        ssh_agent=flags.ssh_agent,
+        writable_git_hooks=flags.writable_git_hooks,
+    )
+    return load_config(workspace, profile=flags.profile, cli_overrides=overrides).config
 
 
 def shell(
@@ -116,27 +136,27 @@ def shell(
     ] = None,
     tool: Annotated[str | None, typer.Option("--tool", help="Agent tool spec to run.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Image alias.")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="Config profile.")] = None,
+    profile: ProfileOpt = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE inside (repeatable).")
     ] = None,
-    mount: Annotated[
-        list[str] | None, typer.Option("--mount", help="HOST:CONTAINER[:ro] (repeatable).")
-    ] = None,
+    mount: MountOpt = None,
     network: Annotated[
         str | None, typer.Option("--network", help="restricted | allowlist | open.")
     ] = None,
-    ssh_agent: Annotated[bool, typer.Option("--ssh-agent", help="Forward the SSH agent.")] = False,
-    forward_env: Annotated[
-        list[str] | None, typer.Option("--forward-env", help="Host variables VAR,VAR to copy.")
-    ] = None,
+    ssh_agent: SshAgentOpt = False,
+    forward_env: ForwardEnvOpt = None,
     monitor: Annotated[bool, typer.Option("--monitor", help="Enable threat monitoring.")] = False,
-    writable_git_hooks: Annotated[
-        bool, typer.Option("--writable-git-hooks", help="Let the agent write .git/hooks.")
-    ] = False,
-    limit_cpu: Annotated[str | None, typer.Option("--limit-cpu", help='"2" or "0-3".')] = None,
-    limit_memory: Annotated[str | None, typer.Option("--limit-memory", help='"2GiB".')] = None,
-    limit_duration: Annotated[str | None, typer.Option("--limit-duration", help='"2h".')] = None,
+    writable_git_hooks: WritableHooksOpt = False,
+    limit_cpu: LimitCpuOpt = None,
+    limit_cpu_allowance: LimitCpuAllowanceOpt = None,
+    limit_memory: LimitMemoryOpt = None,
+    limit_swap: LimitSwapOpt = None,
+    limit_disk_read: LimitDiskReadOpt = None,
+    limit_disk_write: LimitDiskWriteOpt = None,
+    limit_disk_max: LimitDiskMaxOpt = None,
+    limit_processes: LimitProcessesOpt = None,
+    limit_duration: LimitDurationOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Run bash instead of the tool.")] = False,
     background: Annotated[
         bool, typer.Option("--background", help="Start detached; `coi attach` later.")
@@ -151,35 +171,30 @@ def shell(
     check_slot(slot)
     if resume:
         check_session_id(resume)
-    loaded = load_config(
-        workspace,
+    flags = HostFlags(
         profile=profile,
-        cli_overrides=flag_overrides(
-            network=network,
-            ssh_agent=ssh_agent,
-            forward_env=forward_env or [],
-            env=env or [],
-            mounts=mount or [],
-            monitor=monitor,
-            writable_git_hooks=writable_git_hooks,
-            persistent=persistent,
-            tool=tool,
-            image=image,
-            limit_cpu=limit_cpu,
-            limit_memory=limit_memory,
-            limit_duration=limit_duration,
-        ),
+        mounts=mount or [],
+        forward_env=forward_env or [],
+        env=env or [],
+        ssh_agent=ssh_agent,
+        writable_git_hooks=writable_git_hooks,
+        persistent=persistent,
+        image=image,
+        limit_cpu=limit_cpu,
+        limit_cpu_allowance=limit_cpu_allowance,
+        limit_memory=limit_memory,
+        limit_swap=limit_swap,
+        limit_disk_read=limit_disk_read,
+        limit_disk_write=limit_disk_write,
+        limit_disk_max=limit_disk_max,
+        limit_processes=limit_processes,
+        limit_duration=limit_duration,
     )
-    print_warnings(loaded)
-    config = loaded.config
+    ws = resolve_workspace(workspace)
+    config = session_config(ws, flags, tool=tool, network=network, monitor=monitor)
     spec = resolve_tool(config.tool.name)
-    sandbox = SandboxRequest(
-        workspace=workspace,
-        slot=slot,
-        image=config.defaults.image,
-        persistent=config.defaults.persistent,
-        env=forwarded_env(config),
-    )
+    client = IncusClient.connect()
+    sandbox, plan = sandbox_request(client, ws, flags, slot=slot)
     request = ShellRequest(
         sandbox=sandbox,
         tool=spec,
@@ -189,14 +204,13 @@ def shell(
         background=background,
         resume=resume,
         network_mode=config.network.mode,
-        limits=limits_summary(config),
-        protected_paths=()
-        if config.security.writable_git_hooks
-        else config.security.protected_paths,
-        ssh_agent=config.ssh.forward_agent,
+        limits=plan.limits,
+        protected_paths=plan.protected_paths,
+        ssh_agent=plan.ssh_agent,
+        host_notes=tuple(plan.describe()),
         sync_seconds=sync_seconds(),
     )
-    raise typer.Exit(run_shell(IncusClient.connect(), request, Progress()))
+    raise typer.Exit(run_shell(client, request, Progress()))
 
 
 def attach(

@@ -39,6 +39,7 @@ class SandboxContext:
     limits: Mapping[str, str] = field(default_factory=dict)
     protected_paths: Sequence[str] = ()
     ssh_agent: bool = False
+    notes: Sequence[str] = ()  # further lines from the host integration (mounts, identity)
 
     def render(self) -> str:
         """The Markdown text of the context file."""
@@ -70,6 +71,7 @@ class SandboxContext:
             f"- Protected (read-only) workspace paths: {protected}.\n"
             f"- SSH agent: {'forwarded (keys stay on the host)' if self.ssh_agent else 'none'}.\n"
             "- Nothing else from the user's host home directory is available here.\n"
+            + "".join(f"- {note}\n" for note in self.notes)
         )
 
 

@@ -94,6 +94,7 @@ class ShellRequest:
     limits: Mapping[str, str] = field(default_factory=dict)
     protected_paths: Sequence[str] = ()
     ssh_agent: bool = False
+    host_notes: Sequence[str] = ()  # what the host integration set up, for the context file
     host_home: Path = field(default_factory=Path.home)
     sync_seconds: float = DEFAULT_SYNC_SECONDS
 
@@ -388,6 +389,7 @@ def _prepare(
             limits=request.limits,
             protected_paths=request.protected_paths,
             ssh_agent=request.ssh_agent,
+            notes=request.host_notes,
         ),
     )
 
