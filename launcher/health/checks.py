@@ -206,6 +206,62 @@ def check_nftables() -> CheckResult:
     )
 
 
+def check_helper() -> CheckResult:
+    """coi-helper reachable, speaking our contract, and authorising this user."""
+    from coi.launcher.helper_client import helper_health
+
+    health = helper_health()
+    if not health.reachable:
+        return CheckResult(
+            "helper",
+            Status.FAIL,
+            f"coi-helper not reachable ({health.error})",
+            health.hint,
+            {"socket": health.socket},
+        )
+    details: dict[str, Any] = {
+        "socket": health.socket,
+        "version": health.version,
+        "authorization": health.authorization,
+        "scope": "all projects" if health.admin else health.project,
+    }
+    if health.policy is not None:
+        details["policy"] = {
+            "path": health.policy.path,
+            "loaded": health.policy.loaded,
+            "allowed_modes": list(health.policy.allowed_modes),
+            "monitoring": health.policy.monitoring,
+        }
+    if not health.contract_ok:
+        return CheckResult(
+            "helper",
+            Status.FAIL,
+            f"coi-helper {health.version} speaks a different interface than this coi",
+            "install the same coi version for the helper and restart it",
+            details,
+        )
+    if not health.authorised:
+        refused = ", ".join(
+            f"{action.rsplit('.', 1)[-1]}: {answer}"
+            for action, answer in sorted(health.authorization.items())
+        )
+        return CheckResult(
+            "helper",
+            Status.WARN,
+            f"coi-helper reachable, but not authorised ({refused})",
+            "ask the administrator to install polkit/50-coi-incus-group.rules "
+            "(grants network and monitor to group incus)",
+            details,
+        )
+    scope = "every project" if health.admin else f"project {health.project}"
+    return CheckResult(
+        "helper",
+        Status.OK,
+        f"coi-helper {health.version} reachable, authorised for {scope}",
+        details=details,
+    )
+
+
 HelperCheck = Callable[[], CheckResult]
 
 
@@ -223,6 +279,7 @@ def run_checks(extra: list[HelperCheck] | None = None, image: str = "coi") -> He
                 )
         checks.append(check_image(client, image))
     checks.append(check_nftables())
+    checks.append(check_helper())
     for check_fn in extra or []:
         checks.append(check_fn())
     return HealthReport(checks)
