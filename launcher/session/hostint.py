@@ -155,7 +155,15 @@ def plan_host_integration(
     _plan_mounts(plan, config, shift)
     _plan_protection(plan, config, workspace, shift, stage_root, warnings)
     _plan_env(plan, config, environ, warnings)
-    _plan_ssh_agent(plan, config, environ, host_uid, host_gid, warnings)
+    if restricted_project and config.ssh.forward_agent:
+        # Restricted (incus-user) projects block proxy devices, and must: a proxy device
+        # connects on the host, by default as root. Creating it is a job for the helper.
+        warnings.append(
+            "--ssh-agent is not available through the incus-user socket (proxy devices are "
+            "blocked in restricted projects); not forwarded"
+        )
+    else:
+        _plan_ssh_agent(plan, config, environ, host_uid, host_gid, warnings)
     identity = host_git_identity() if git_identity is None else git_identity
     if identity.name or identity.email:
         plan.after_start.append(_seed_git_identity(identity, config.incus.code_uid))

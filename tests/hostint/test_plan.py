@@ -256,3 +256,19 @@ def test_tamper_snapshot_sees_changes_without_following_links(tmp_path: Path) ->
     saved = save_originals(before, changes(before, after), tmp_path / "saved")
     assert (saved / ".git/hooks/pre-commit").read_text() == "orig\n"
     assert not (saved / ".git/hooks/link").exists()
+
+
+def test_ssh_agent_not_offered_in_restricted_projects(ws: Path, agent_socket: str) -> None:
+    warnings: list[str] = []
+    result = plan_host_integration(
+        config_for(ws, {"ssh.forward_agent": True}),
+        ws,
+        host_uid=1002,
+        host_gid=1002,
+        warnings=warnings,
+        restricted_project=True,
+        environ={"SSH_AUTH_SOCK": agent_socket},
+        git_identity=GitIdentity(),
+    )
+    assert "coi-ssh-agent" not in result.devices
+    assert any("incus-user" in w for w in warnings)
