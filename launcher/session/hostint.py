@@ -337,6 +337,11 @@ def _plan_protection(
     if not protected and not secrets:
         return
     plan.protected_paths = [str(_inside(p)) for p in protected]
+    for rel in _hard_linked(workspace, protected):
+        warnings.append(
+            f"protected file {rel} has other hard links: it stays writable through them; "
+            "replace the link by a copy"
+        )
     if protected:
         plan.lines.append(
             "read-only (protected): " + ", ".join(f"/workspace/{p}" for p in protected)
@@ -376,6 +381,19 @@ def _plan_protection(
         )
     if protected:
         plan.before_start.append(_tamper_check(workspace, protected))
+
+
+def _hard_linked(workspace: Path, protected: list[PurePosixPath]) -> list[PurePosixPath]:
+    """Protected regular files with more than one link (a path outside the read-only mount
+    reaches the same inode). The agent cannot add links (EXDEV across mounts), only these."""
+    found = []
+    for entry in watch.snapshot(workspace, protected):
+        path = workspace / entry
+        with contextlib.suppress(OSError):
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                found.append(PurePosixPath(entry))
+    return sorted(found)
 
 
 def _inside(rel: PurePosixPath) -> PurePosixPath:

@@ -272,3 +272,11 @@ def test_ssh_agent_not_offered_in_restricted_projects(ws: Path, agent_socket: st
     )
     assert "coi-ssh-agent" not in result.devices
     assert any("incus-user" in w for w in warnings)
+
+
+def test_hard_linked_protected_file_is_reported(ws: Path) -> None:
+    (ws / ".git/hooks/pre-commit").write_text("x")
+    os.link(ws / ".git/hooks/pre-commit", ws / "elsewhere")
+    warnings: list[str] = []
+    plan(ws, {}, warnings=warnings)
+    assert any(".git/hooks/pre-commit has other hard links" in w for w in warnings)
