@@ -19,7 +19,7 @@ from coi.helper.interface import INTERFACE, Action, Err
 from coi.helper.ipc.errors import VarlinkError
 from coi.helper.ipc.typed import to_wire
 from coi.helper.names import check_instance_name, check_project_name
-from coi.helper.network.engine import AppliedPolicy, NetworkEngine
+from coi.helper.network.engine import AppliedPolicy, Counters, NetworkEngine
 from coi.helper.network.errors import InvalidPolicy, NetworkError
 from coi.helper.network.policy import NetworkMode, NetworkPolicy, blocked_policy, parse_policy
 from coi.helper.network.target import ContainerKey, NetworkTarget
@@ -80,20 +80,6 @@ class NetworkPolicyEntryW:
 
 
 @dataclass(frozen=True)
-class NetworkCountersW:
-    """Wire form of NetworkCounters."""
-
-    packets_out: int
-    bytes_out: int
-    packets_rejected: int
-    bytes_rejected: int
-    packets_l2_dropped: int
-    bytes_l2_dropped: int
-    packets_in: int
-    bytes_in: int
-
-
-@dataclass(frozen=True)
 class InstanceRefIn:
     """(instance, project) parameters."""
 
@@ -130,7 +116,8 @@ class ListNetworkPoliciesOut:
 
 @dataclass(frozen=True)
 class ReadCountersOut:
-    counters: NetworkCountersW
+    # The engine's own Counters has exactly the fields of NetworkCounters.
+    counters: Counters
 
 
 @dataclass(frozen=True)
@@ -255,7 +242,7 @@ class NetworkMethods:
             counters = self.engine.read_counters(key)
         except NetworkError as exc:
             raise _setup_failed(exc) from exc
-        return ReadCountersOut(NetworkCountersW(**counters.to_dict()))
+        return ReadCountersOut(counters)
 
     def reconcile(
         self, _ctx: CallerContext | None = None, _params: NoParamsIn | None = None
