@@ -63,6 +63,9 @@ from coi.launcher.terminal import TerminalExec, bridge, terminal_size
 TMUX_SESSION = "coi"
 TMUX_CONF = "/etc/coi-tmux.conf"
 EXIT_FILE = "/tmp/coi-tool-exit"
+# The pane's last screen when the tool failed: tmux closes with the tool, so without it the
+# user would never read why (e.g. "cannot reach api.anthropic.com").
+SCREEN_FILE = "/tmp/coi-tool-screen"
 KEY_SESSION = "user.coi.session"
 KEY_TOOL = "user.coi.tool"
 KEY_IMAGE = "user.coi.image"
@@ -215,6 +218,18 @@ def attach_terminal(client: IncusClient, name: str, *, bash: bool = False) -> in
     return bridge(session)
 
 
+def _show_last_screen(client: IncusClient, name: str, tool: str, code: int) -> None:
+    try:
+        screen = client.pull_file(name, SCREEN_FILE).decode(errors="replace")
+    except IncusError:
+        return
+    lines = [line.rstrip() for line in screen.splitlines() if line.strip()][-20:]
+    if lines:
+        print(f"coi: {tool} exited with code {code}; its last screen:", file=sys.stderr)
+        for line in lines:
+            print(f"  | {line}", file=sys.stderr)
+
+
 def _has_exit_file(client: IncusClient, name: str) -> bool:
     try:
         client.pull_file(name, EXIT_FILE)
@@ -304,6 +319,8 @@ def conclude(
             raise
     else:
         code = _tool_exit_code(client, name)
+        if code != 0:
+            _show_last_screen(client, name, spec.name, code)
     progress.step(f"saving {spec.name} session data")
     try:
         meta = save_state(client, name, spec, store, meta)
@@ -336,7 +353,10 @@ def _start_tool(client: IncusClient, sandbox: Sandbox, request: ShellRequest, re
     )
     env = sandbox.base_environment({**request.tool.env, **request.sandbox.env})
     width, height = terminal_size()
-    script = f'rm -f {EXIT_FILE}; "$@"; echo $? > {EXIT_FILE}'
+    script = (
+        f'rm -f {EXIT_FILE} {SCREEN_FILE}; "$@"; rc=$?; '
+        f"[ $rc -eq 0 ] || tmux capture-pane -p > {SCREEN_FILE}; echo $rc > {EXIT_FILE}"
+    )
     command = [
         "tmux", "-f", TMUX_CONF, "new-session", "-d", "-s", TMUX_SESSION,
         "-x", str(width), "-y", str(height), "-c", "/workspace",

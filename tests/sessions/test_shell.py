@@ -88,6 +88,10 @@ def test_prompt_size_resize_context_and_ephemeral_end(
     ask(child, "note first-note", "NOTED")
     child.sendline("exit 3")
     assert finish(child) == 3
+    # A failing tool's last screen is shown (tmux closed with it).
+    log = str(child.logfile_read)
+    assert "fakeagent exited with code 3; its last screen:" in log
+    assert "  | NOTED" in log
     assert ws_containers(workspace) == []
     made = workspace / "made.txt"
     assert made.read_text() == "made-inside\n"
