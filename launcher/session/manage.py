@@ -245,7 +245,9 @@ def _require_tmux(client: IncusClient, name: str) -> None:
 def tmux_send(client: IncusClient, name: str, text: str, *, enter: bool = True) -> None:
     """Type `text` into the session (literally), then Enter unless `enter` is False."""
     _require_tmux(client, name)
-    code, out = run_as_code(client, name, ["tmux", "send-keys", "-t", TMUX_SESSION, "-l", text])
+    code, out = run_as_code(
+        client, name, ["tmux", "send-keys", "-t", TMUX_SESSION, "-l", "--", text]
+    )
     if code == 0 and enter:
         code, out = run_as_code(client, name, ["tmux", "send-keys", "-t", TMUX_SESSION, "Enter"])
     if code != 0:

@@ -115,6 +115,8 @@ def test_detach_attach_and_tmux_from_outside(
     sent = scoi("tmux", "send", name, "note from-outside")
     assert sent.returncode == 0, sent.stderr
     wait_for(lambda: "from-outside" in scoi("tmux", "capture", name).stdout, what="capture")
+    assert scoi("tmux", "send", name, "--", "-dash").returncode == 0  # text, not a tmux flag
+    wait_for(lambda: "UNKNOWN[-dash]" in scoi("tmux", "capture", name).stdout, what="-dash")
     listed = scoi("tmux", "list", "--format", "json")
     assert {"container": name, "tmux_session": "coi", "tool": "fakeagent"} in json.loads(
         listed.stdout
