@@ -192,3 +192,25 @@ def test_resume_takes_an_optional_value(args: list[str], expected: str | None) -
 )
 def test_bare_coi_means_shell(argv: list[str], expected: list[str]) -> None:
     assert default_to_shell(argv) == expected
+
+
+def test_raw_mode_restores_the_terminal_on_error() -> None:
+    import os
+    import pty
+    import termios
+
+    from coi.launcher.terminal import raw_mode, terminal_size
+
+    master, slave = pty.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with pytest.raises(RuntimeError), raw_mode(slave):
+            inside = termios.tcgetattr(slave)
+            assert not inside[3] & termios.ICANON and not inside[3] & termios.ECHO
+            assert not inside[3] & termios.ISIG  # Ctrl-C travels as a byte
+            raise RuntimeError("boom")
+        assert termios.tcgetattr(slave) == before
+        assert terminal_size(slave) >= (1, 1)
+    finally:
+        os.close(master)
+        os.close(slave)
