@@ -314,7 +314,8 @@ class NetworkEngine:
                 dns_port = previous.dns_port
             else:
                 used = [e.dns_port for e in self._load_all() if e.dns_port is not None]
-                dns_port = allocate_port(used)
+                gateways = [g for g in (target.gateway4, target.gateway6) if g is not None]
+                dns_port = allocate_port(used, gateways)
         entry = AppliedPolicy(
             target=target,
             policy=policy,

@@ -18,6 +18,7 @@ import pwd
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -269,10 +270,21 @@ def _wait_fd(fd: int, timeout: float) -> bool:
     return False
 
 
-def allocate_port(used: Sequence[int]) -> int:
-    """The first resolver port not in `used` (the caller binds it; dnsmasq reports clashes)."""
+def allocate_port(used: Sequence[int], listen: Sequence[IPAddress] = ()) -> int:
+    """The first resolver port not in `used` and free (UDP and TCP) on every `listen` address."""
     taken = set(used)
     for port in range(PORT_FIRST, PORT_FIRST + PORT_COUNT):
-        if port not in taken:
+        if port not in taken and all(_bindable(a, port) for a in listen):
             return port
-    raise ResolverError(f"all {PORT_COUNT} resolver ports are in use")
+    raise ResolverError(f"no free resolver port in {PORT_FIRST}-{PORT_FIRST + PORT_COUNT - 1}")
+
+
+def _bindable(address: IPAddress, port: int) -> bool:
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(family, kind) as sock:
+            try:
+                sock.bind((str(address), port))
+            except OSError:
+                return False
+    return True

@@ -364,3 +364,20 @@ def test_works_with_only_cap_net_admin(lab: L.Lab, engine: LabEngine) -> None:
     assert L.probe(L.C1, "dns", L.GW4, "a.allowed.test")["answers"] == [L.NET4]
     assert L.reachable(L.C1, "tcp", L.NET4)
     assert not L.reachable(L.C1, "tcp", L.PRIV4)
+
+
+def test_resolver_ports_skip_ports_in_use(lab: L.Lab, engine: LabEngine, apply: Apply) -> None:
+    """A port someone else holds on the gateway is not handed to a resolver."""
+    import socket
+
+    from coi.helper.network.resolver import PORT_FIRST
+
+    with L.in_netns(L.RTR):
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        squatter.bind((L.GW4, PORT_FIRST))
+    try:
+        entry = apply("c1", ALLOW)
+        assert entry.dns_port == PORT_FIRST + 1
+        assert L.probe(L.C1, "dns", L.GW4, "a.allowed.test")["answers"] == [L.NET4]
+    finally:
+        squatter.close()
