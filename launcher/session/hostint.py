@@ -409,8 +409,13 @@ def _user_empty_source(is_dir: bool) -> Path:
 
 
 def _remove_placeholders(workspace: Path, created: list[PurePosixPath]) -> BeforeStart:
-    def hook(_client: IncusClient, name: str, teardown: Teardown) -> None:
+    def hook(client: IncusClient, name: str, teardown: Teardown) -> None:
         def undo() -> None:
+            # Another sandbox of this workspace may have its read-only mount on a placeholder:
+            # removing the directory on the host would silently drop that mount.
+            siblings = name.rsplit("-", 1)[0] + "-"
+            if any(i.name != name for i in client.instances(siblings)):
+                return
             for rel in reversed(created):
                 path = workspace / rel
                 with contextlib.suppress(OSError):
