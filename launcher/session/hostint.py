@@ -13,7 +13,8 @@ environment of the agent, and hooks that run around the container's start:
 - limits: Incus instance and root-disk keys, and a run-time limit enforced by a detached
   timer (`coi.launcher.session.hostint_timer`) that outlives the launcher.
 
-Planning does no Incus call; the hooks do theirs when the sandbox starts.
+Planning makes no Incus call (it only creates the empty placeholders of missing protected
+paths, removed again by a teardown step); the hooks do their work when the sandbox starts.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from coi.launcher.session.idmap import WORKSPACE_PATH, plan_workspace_mount
 from coi.launcher.session.phases import Teardown
 from coi.launcher.session.sandbox import AfterStart, BeforeStart, Sandbox
 
-CODE_UID = 1000
 CODE_HOME = PurePosixPath("/home/code")
 # The agent socket lives in the code user's home: /run and /tmp are replaced or cleaned by
 # systemd at boot, after the proxy device has created its socket.
