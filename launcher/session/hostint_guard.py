@@ -174,6 +174,10 @@ def build_stage(plan: StagePlan) -> None:
     On failure everything mounted so far is removed again and `SessionError` is raised.
     """
     plan.stage.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The stage exposes the workspace: only root (incusd) may walk into it, whatever the
+    # modes of the user's own directories are.
+    os.chmod(plan.stage.parent, 0o700)
+    os.chmod(plan.stage, 0o700)
     ws_fd = os.open(plan.workspace, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _mount(_fd_path(ws_fd), str(plan.stage), MS_BIND)

@@ -14,7 +14,7 @@ from coi.launcher.cli.run_options import HostFlags, sandbox_request
 from coi.launcher.errors import SessionError
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import Progress
-from coi.launcher.session.hostint_guard import StagePlan, anchors_of, build_stage
+from coi.launcher.session.hostint_guard import StagePlan, anchors_of, build_stage, remove_stage
 from coi.launcher.session.run import run_command
 
 pytestmark = pytest.mark.integration
@@ -222,3 +222,19 @@ def test_coi_run_as_root_builds_the_locked_workspace_itself(
     assert code != 0
     assert "WROTE" not in capfd.readouterr().out
     assert (host_ws / ".git/hooks/pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
+
+
+def test_stage_is_closed_to_other_users(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".git/hooks").mkdir(parents=True)
+    base = tmp_path / "stage"
+    base.mkdir(mode=0o755)
+    plan = StagePlan(
+        ws, base / "coi-x-1", (PurePosixPath(".git"),), (PurePosixPath(".git/hooks"),), ()
+    )
+    build_stage(plan)
+    try:
+        assert base.stat().st_mode & 0o777 == 0o700
+    finally:
+        remove_stage(plan.stage)
+    assert not plan.stage.exists()
