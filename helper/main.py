@@ -1,7 +1,7 @@
 """Entry point of `coi-helper`.
 
 coi-helper serve [--socket PATH] [--policy PATH] ...   serve (foreground, or socket-activated)
-coi-helper provision-user USER [--subnet CIDR]          prepare an incus-user project (root)
+coi-helper provision-user USER [--subnet CIDR] [--image ALIAS]...  prepare an incus-user project
 coi-helper --version
 """
 
@@ -185,13 +185,14 @@ def provision(args: argparse.Namespace) -> int:
             args.user,
             subnet=args.subnet,
             pool=args.pool,
+            images=None if args.images is None else [i for i in args.images if i],
             incus_socket=args.incus_socket,
         )
     except ProvisionError as exc:
         raise StartupError(str(exc)) from exc
     for line in result.summary():
         print(line)
-    if args.restart_incus_user and result.changed:
+    if args.restart_incus_user and result.restart_incus_user:
         print(restart_incus_user())
     return 0
 
@@ -248,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--subnet", help="IPv4 gateway address/24 of the user's bridge, e.g. 10.218.7.1/24"
     )
     p.add_argument("--pool", default="coi", help="storage pool of the root disk (default coi)")
+    p.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        metavar="ALIAS",
+        help="image of the default project to make usable in the user's project (repeatable; "
+        "default: coi-base and coi where present; --image '' copies none)",
+    )
     p.add_argument("--incus-socket", default=ADMIN_SOCKET, help="Incus admin socket")
     p.add_argument(
         "--no-restart-incus-user",

@@ -25,12 +25,17 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from coi.helper.incus import ADMIN_SOCKET
 
 SUBNET_RANGE = ipaddress.IPv4Network("10.218.0.0/16")
+# Images a user's project gets by default (those of them that exist in the default project).
+DEFAULT_IMAGES = ("coi-base", "coi")
+# Property marking an image that provision-user copied into a user's project.
+COPIED_FROM = "coi.copied_from"
 INCUS_DIR = "/var/lib/incus"
 INCUS_USER_BIN = "/usr/libexec/incus/incus-user"
 INCUS_USER_PIDFILE = "/run/coi-incus-user.pid"
@@ -53,6 +58,7 @@ class ProvisionResult:
     subnet: str
     certificate: str
     changed: bool = False
+    restart_incus_user: bool = False
     actions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -112,6 +118,40 @@ class IncusAdmin:
                 getattr(node, method)(json=body, params=params)
         except pylxd.exceptions.LXDAPIException as exc:
             raise ProvisionError(f"Incus refused {method.upper()} {path}: {exc}") from exc
+
+    def send_wait(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        project: str | None = None,
+        timeout: float = 600.0,
+    ) -> dict[str, Any]:
+        """POST/DELETE a /1.0 path that starts an operation and wait for it; its metadata."""
+        import pylxd.exceptions
+
+        params = {"project": project} if project else None
+        node = self._node(path)
+        try:
+            if method == "delete":
+                reply = node.delete(params=params).json()
+            else:
+                reply = getattr(node, method)(json=body, params=params).json()
+            op = str(reply.get("operation") or "").rsplit("/", 1)[-1]
+            if not op:
+                return dict(reply.get("metadata") or {})
+            meta: dict[str, Any] = (
+                self.client.api.operations[op]
+                .wait.get(params={"timeout": int(timeout)}, timeout=timeout + 10)
+                .json()["metadata"]
+            )
+        except pylxd.exceptions.LXDAPIException as exc:
+            raise ProvisionError(f"Incus refused {method.upper()} {path}: {exc}") from exc
+        if meta.get("status") != "Success":
+            raise ProvisionError(
+                f"Incus failed {method.upper()} {path}: {meta.get('err') or meta.get('status')}"
+            )
+        return meta
 
     def _node(self, path: str) -> Any:
         node = self.client.api  # already at /1.0
@@ -283,6 +323,95 @@ def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+# ---------------------------------------------------------------------------- images
+def copy_images(
+    incus: IncusAdmin,
+    project: str,
+    aliases: Sequence[str],
+    result: ProvisionResult,
+    *,
+    explicit: bool,
+    source_project: str = "default",
+) -> None:
+    """Make the images behind `aliases` in `source_project` usable in `project` (idempotent).
+
+    Images are per project in incus-user projects (features.images=true) and a restricted
+    user can neither read another project nor import from a path it cannot read. Incus keeps
+    one copy of an image's files for all projects, so the copy is only a new database record
+    (`source.protocol=direct` with a full fingerprint never contacts a server). Copies carry
+    the property COPIED_FROM; an alias the user pointed at an image of their own (e.g. built
+    with `coi build` in their project) is left alone. A copy the alias no longer names is
+    deleted from the project.
+    """
+    for alias in aliases:
+        source = incus.get(f"/1.0/images/aliases/{alias}", source_project)
+        if source is None:
+            if explicit:
+                raise ProvisionError(
+                    f"image {alias!r} not found in project {source_project}; "
+                    "build it first (`coi build` as an incus-admin member) or drop --image"
+                )
+            result.notes.append(f"image {alias!r} not in project {source_project}: not copied")
+            continue
+        fp = str(source["target"])
+        current = incus.get(f"/1.0/images/aliases/{alias}", project)
+        previous = str(current["target"]) if current else ""
+        if previous == fp:
+            continue
+        if previous:
+            mine = incus.get(f"/1.0/images/{previous}", project) or {}
+            if COPIED_FROM not in (mine.get("properties") or {}):
+                result.notes.append(
+                    f"image {alias!r} in {project} was built there by the user: left as is"
+                )
+                continue
+        if incus.get(f"/1.0/images/{fp}", project) is None:
+            incus.send_wait(
+                "post",
+                "/1.0/images",
+                {
+                    "source": {
+                        "type": "image",
+                        "mode": "pull",
+                        "protocol": "direct",
+                        "fingerprint": fp,
+                    },
+                    "properties": {COPIED_FROM: source_project},
+                },
+                project,
+            )
+        description = f"copied from project {source_project} by coi-helper provision-user"
+        if current is None:
+            incus.send(
+                "post",
+                "/1.0/images/aliases",
+                {"name": alias, "target": fp, "description": description},
+                project,
+            )
+        else:
+            incus.send(
+                "put",
+                f"/1.0/images/aliases/{alias}",
+                {"target": fp, "description": description},
+                project,
+            )
+        result.did(f"image {alias} ({fp[:12]}) available in {project}")
+        if previous:
+            old = incus.get(f"/1.0/images/{previous}", project) or {}
+            if not old.get("aliases"):
+                incus.send_wait("delete", f"/1.0/images/{previous}", None, project)
+                result.did(f"removed the outdated copy {previous[:12]} from {project}")
+
+
+def default_images(incus: IncusAdmin, source_project: str = "default") -> list[str]:
+    """The images copied when no --image is given: DEFAULT_IMAGES that exist."""
+    return [
+        alias
+        for alias in DEFAULT_IMAGES
+        if incus.get(f"/1.0/images/aliases/{alias}", source_project) is not None
+    ]
+
+
 # ---------------------------------------------------------------------------- provisioning
 def project_config(pw: pwd.struct_passwd, network: str) -> dict[str, str]:
     """The project configuration incus-user applies (cmd/incus-user/server.go)."""
@@ -317,12 +446,17 @@ def provision_user(
     *,
     subnet: str | None = None,
     pool: str = "coi",
+    images: Sequence[str] | None = None,
     incus_socket: str = ADMIN_SOCKET,
     incus_dir: str = INCUS_DIR,
     subuid: str = "/etc/subuid",
     subgid: str = "/etc/subgid",
 ) -> ProvisionResult:
-    """Create (idempotently) everything incus-user would create for `user`."""
+    """Create (idempotently) everything incus-user would create for `user`.
+
+    `images`: aliases of the default project to make usable in the user's project (see
+    `copy_images`); None means DEFAULT_IMAGES where present, [] none.
+    """
     if os.geteuid() != 0:
         raise ProvisionError("provision-user must run as root")
     pw = lookup_user(user)
@@ -425,8 +559,15 @@ def provision_user(
     if current.get("devices") != profile["devices"] or current.get("config") != profile["config"]:
         incus.send("put", "/1.0/profiles/default", profile, project)
         result.did(f"set the default profile of {project} (pool {pool}, {network})")
+
+    # incus-user reads projects and certificates only at start; images it need not know.
+    result.restart_incus_user = result.changed
     if result.changed:
         result.notes.append("incus-user reads the project list only at start: restart it")
+
+    # 6. Images (after the profile: an image record refers to the project's default profile).
+    wanted = default_images(incus) if images is None else list(images)
+    copy_images(incus, project, wanted, result, explicit=images is not None)
     return result
 
 
@@ -438,7 +579,8 @@ def deprovision_user(
     subuid: str = "/etc/subuid",
     subgid: str = "/etc/subgid",
 ) -> list[str]:
-    """Remove what provision_user created (the project must hold no instances or images)."""
+    """Remove what provision_user created, images of the project included (the project must
+    hold no instances)."""
     import shutil
 
     pw = lookup_user(user)
@@ -447,6 +589,12 @@ def deprovision_user(
     incus = IncusAdmin(incus_socket)
     done: list[str] = []
     if incus.get(f"/1.0/projects/{project}") is not None:
+        # Image records of the project (copies or the user's own builds) go with it; Incus
+        # keeps the files while another project still uses the same image.
+        for url in incus.get("/1.0/images", project) or []:
+            fp = str(url).rsplit("/", 1)[-1].split("?", 1)[0]
+            incus.send_wait("delete", f"/1.0/images/{fp}", None, project)
+            done.append(f"deleted image {fp[:12]} of {project}")
         incus.send(
             "put",
             "/1.0/profiles/default",

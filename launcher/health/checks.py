@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from coi.launcher.errors import CoiError
+from coi.launcher.errors import CoiError, IncusError
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.incus.endpoint import discover_endpoint
 
@@ -117,7 +117,11 @@ def check_storage(client: IncusClient) -> CheckResult:
             "the default profile has no root disk",
             "re-run `sudo packaging/host-setup` (creates pool `coi`)",
         )
-    pools = {p.name: p for p in client.storage_pools()}
+    try:
+        pools = {p.name: p for p in client.storage_pools()}
+    except IncusError:
+        # A restricted (incus-user) certificate may not list pools at all.
+        pools = {}
     pool = pools.get(root.get("pool", ""))
     if pool is None:
         # Restricted users may not inspect pools; the profile still names one.
@@ -163,8 +167,12 @@ def check_bridge(client: IncusClient) -> CheckResult:
     network = client.network(name)
     if network is None:
         return CheckResult("bridge", Status.OK, f"containers attach to {name}")
-    config = network.get("config", {})
+    config = network.get("config") or {}
     subnet = config.get("ipv4.address", "")
+    if not config and client.endpoint.mode == "user":
+        # Restricted projects see networks without their config; the bridge's live
+        # addresses still show whether it has an IPv4 subnet.
+        subnet = _bridge_ipv4(client, name)
     details = {"network": name, "ipv4": subnet, "nat": config.get("ipv4.nat", "")}
     if not subnet or subnet in ("auto", "none"):
         return CheckResult(
@@ -175,6 +183,17 @@ def check_bridge(client: IncusClient) -> CheckResult:
             details,
         )
     return CheckResult("bridge", Status.OK, f"bridge {name} {subnet}", details=details)
+
+
+def _bridge_ipv4(client: IncusClient, name: str) -> str:
+    try:
+        state = client.get(f"networks/{name}/state")
+    except IncusError:
+        return ""
+    for addr in state.get("addresses") or []:
+        if addr.get("family") == "inet" and addr.get("scope") == "global":
+            return f"{addr.get('address')}/{addr.get('netmask')}"
+    return ""
 
 
 def check_image(client: IncusClient, alias: str = "coi") -> CheckResult:

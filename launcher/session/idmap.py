@@ -6,14 +6,19 @@ invoking user. Two mechanisms:
   user's uid equals the code uid, and refused by Incus in restricted (incus-user) projects.
 - `raw.idmap` "uid <host uid> 1000 / gid <host gid> 1000": maps the host user onto `code`.
   Needs `root:<uid>:1` in /etc/subuid and `root:<gid>:1` in /etc/subgid (host setup adds them).
+  In a restricted project Incus also checks this against restricted.idmap.uid/gid.
+Restricted projects mount disks only under restricted.devices.disk.paths (the user's home).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coi.launcher.errors import SessionError
+from coi.launcher.errors import SessionError, WorkspaceError
 
 WORKSPACE_PATH = "/workspace"
 
@@ -36,8 +41,13 @@ def plan_workspace_mount(
     code_uid: int,
     restricted_project: bool,
     idmapped_mounts: bool,
+    allowed_disk_paths: Sequence[str] | None = None,
 ) -> WorkspaceMount:
-    """Choose shift or raw.idmap for this user and server (pure: no I/O)."""
+    """Choose shift or raw.idmap for this user and server.
+
+    In a restricted project the workspace must also lie under `allowed_disk_paths` (the
+    project's restricted.devices.disk.paths; None: the user's home, as incus-user sets it).
+    """
     device = {"type": "disk", "source": str(workspace), "path": WORKSPACE_PATH}
     if host_uid == 0:
         # Mapping host root into a container would hand it root-owned files; keep the
@@ -52,10 +62,48 @@ def plan_workspace_mount(
             method="shift",
             warning=f"running as root: new workspace files will be owned by uid {code_uid}",
         )
+    if restricted_project:
+        check_restricted_disk_path(workspace, host_uid, allowed_disk_paths)
     if host_uid == code_uid and idmapped_mounts and not restricted_project:
         return WorkspaceMount({**device, "shift": "true"}, method="shift")
     raw = f"uid {host_uid} {code_uid}\ngid {host_gid} {code_uid}"
     return WorkspaceMount(device, {"raw.idmap": raw}, method="raw.idmap")
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return ""
+
+
+def _under(path: str, parent: str) -> bool:
+    parent = os.path.normpath(parent)
+    return parent != "" and (path == parent or path.startswith(parent.rstrip("/") + "/"))
+
+
+def check_restricted_disk_path(
+    workspace: Path, host_uid: int, allowed: Sequence[str] | None = None
+) -> None:
+    """Refuse, before Incus does, a workspace a restricted project may not mount.
+
+    Incus allows disk devices only under the project's restricted.devices.disk.paths (the
+    user's home for incus-user projects). Both the path as given and its target after
+    symlinks must lie there, so a link in the home does not lead elsewhere.
+    """
+    paths = [p for p in (allowed if allowed is not None else [_home_of(host_uid)]) if p]
+    given = os.path.normpath(str(workspace))
+    real = os.path.realpath(given)
+    if paths and all(any(_under(p, a) for a in paths) for p in (given, real)):
+        return
+    where = ", ".join(paths) or "no path at all"
+    shown = given if given == real else f"{given} (-> {real})"
+    raise WorkspaceError(
+        f"workspace {shown} is outside the paths your restricted Incus project "
+        f"user-{host_uid} may mount (restricted.devices.disk.paths: {where})",
+        hint="put the workspace under your home directory, or ask the administrator to "
+        f"extend restricted.devices.disk.paths of project user-{host_uid}",
+    )
 
 
 def _delegated(path: str, owner: str, ident: int) -> bool:

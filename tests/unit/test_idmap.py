@@ -21,6 +21,7 @@ def plan(
         code_uid=1000,
         restricted_project=restricted,
         idmapped_mounts=idmapped,
+        allowed_disk_paths=["/home/u"],
     )
 
 
