@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -11,13 +10,10 @@ from typing import Any
 
 import network_lab as L
 import pytest
+from network_lab import LabEngine, target_of
 
 from coi.helper.network import (
     AppliedPolicy,
-    ContainerKey,
-    NetworkEngine,
-    NetworkTarget,
-    Upstream,
     parse_policy,
 )
 
@@ -43,44 +39,6 @@ def lab() -> Iterator[L.Lab]:
         yield the_lab
     finally:
         the_lab.down()
-
-
-class LabEngine:
-    """A NetworkEngine living in the lab's router namespace; every call runs there."""
-
-    def __init__(self, state_dir: Path, run_dir: Path) -> None:
-        self.state_dir, self.run_dir = state_dir, run_dir
-        with L.in_netns(L.RTR):
-            self.engine = NetworkEngine(
-                state_dir=state_dir,
-                run_dir=run_dir,
-                upstreams=(Upstream(ipaddress.IPv4Address(L.NET4)),),
-            )
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.engine, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with L.in_netns(L.RTR):
-                return method(*args, **kwargs)
-
-        return call
-
-
-def key_of(container: str) -> ContainerKey:
-    """The ContainerKey of stand-in container c1 or c2."""
-    return ContainerKey(project="coit-net", instance=f"coit-net-{container}")
-
-
-def target_of(container: str, veth: str | None = None) -> NetworkTarget:
-    """The NetworkTarget of stand-in container c1 or c2, as the IPC layer would build it."""
-    return NetworkTarget(
-        key=key_of(container),
-        veth=veth or f"v{container}",
-        bridge="br0",
-        gateway4=ipaddress.IPv4Address(L.GW4),
-        gateway6=ipaddress.IPv6Address(L.GW6),
-    )
 
 
 @pytest.fixture

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from coi.helper.network import ContainerKey, NetworkEngine, NetworkTarget, Upstream
 
 HERE = Path(__file__).parent
 PREFIX = "coit-net-"
@@ -266,3 +269,41 @@ class Lab:
             if "query[" in line:
                 out.append(line.split("]", 1)[1].split()[0])
         return out
+
+
+class LabEngine:
+    """A NetworkEngine living in the lab's router namespace; every call runs there."""
+
+    def __init__(self, state_dir: Path, run_dir: Path) -> None:
+        self.state_dir, self.run_dir = state_dir, run_dir
+        with in_netns(RTR):
+            self.engine = NetworkEngine(
+                state_dir=state_dir,
+                run_dir=run_dir,
+                upstreams=(Upstream(ipaddress.IPv4Address(NET4)),),
+            )
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.engine, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with in_netns(RTR):
+                return method(*args, **kwargs)
+
+        return call
+
+
+def key_of(container: str) -> ContainerKey:
+    """The ContainerKey of stand-in container c1 or c2."""
+    return ContainerKey(project="coit-net", instance=f"coit-net-{container}")
+
+
+def target_of(container: str, veth: str | None = None) -> NetworkTarget:
+    """The NetworkTarget of stand-in container c1 or c2, as the IPC layer would build it."""
+    return NetworkTarget(
+        key=key_of(container),
+        veth=veth or f"v{container}",
+        bridge="br0",
+        gateway4=ipaddress.IPv4Address(GW4),
+        gateway6=ipaddress.IPv6Address(GW6),
+    )

@@ -7,7 +7,7 @@ from typing import Any
 
 import network_lab as L
 import pytest
-from conftest import LabEngine, key_of
+from network_lab import LabEngine, key_of
 
 pytestmark = pytest.mark.integration
 

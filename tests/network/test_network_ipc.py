@@ -11,7 +11,7 @@ from typing import Any
 
 import network_lab as L
 import pytest
-from conftest import LabEngine
+from network_lab import LabEngine
 
 from coi.helper.app import HelperApp
 from coi.helper.authz import Authorizer

@@ -16,7 +16,7 @@ from typing import Any
 
 import network_lab as L
 import pytest
-from conftest import LabEngine, key_of, target_of
+from network_lab import LabEngine, key_of, target_of
 
 from coi.helper.network import (
     ContainerKey,

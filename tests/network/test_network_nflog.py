@@ -13,7 +13,7 @@ from typing import Any
 
 import network_lab as L
 import pytest
-from conftest import LabEngine, key_of
+from network_lab import LabEngine, key_of
 
 from coi.helper.network import NFLOG_GROUP
 from coi.helper.network.ruleset import LOG_BURST, LOG_RATE_PER_SECOND
