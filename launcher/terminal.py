@@ -114,12 +114,18 @@ class TerminalExec(ExecSession):
         super()._spawn(tracked)
 
 
+class Hangup(Exception):
+    """The user's terminal went away (SIGHUP, or EIO on reading it) while bridged."""
+
+
 def bridge(session: TerminalExec, *, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     """Connect the local terminal to an interactive exec until it ends; return its exit code.
 
     Keys go to the exec through a pipe that this loop feeds (so no thread is left blocked on
     the terminal after the exec ended); output is written to `stdout_fd` as it arrives.
-    Raises `IncusError` when the exec ends without an exit code (container gone).
+    Raises `IncusError` when the exec ends without an exit code (container gone), and
+    `Hangup` when the terminal went away (the exec is abandoned, not stopped: for tmux that
+    is a detach).
     """
     waker = _Waker()
     feed_r, feed_w = os.pipe()
@@ -127,8 +133,14 @@ def bridge(session: TerminalExec, *, stdin_fd: int = 0, stdout_fd: int = 1) -> i
     errors: list[IncusError] = []
     done = threading.Event()
 
+    hung_up = threading.Event()
+
     def on_winch(_signum: int, _frame: FrameType | None) -> None:
         waker.wake(b"w")
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        hung_up.set()
+        waker.wake(b"h")
 
     def wait() -> None:
         try:
@@ -140,6 +152,7 @@ def bridge(session: TerminalExec, *, stdin_fd: int = 0, stdout_fd: int = 1) -> i
             waker.wake(b"d")
 
     previous = signal.signal(signal.SIGWINCH, on_winch)
+    previous_hup = signal.signal(signal.SIGHUP, on_hup)
     stdin_open = True
     session.on_output_done = lambda: waker.wake(b"o")
     try:
@@ -147,7 +160,7 @@ def bridge(session: TerminalExec, *, stdin_fd: int = 0, stdout_fd: int = 1) -> i
         session.resize(*terminal_size(stdout_fd))
         threading.Thread(target=wait, daemon=True).start()
         with raw_mode(stdin_fd):
-            while not done.is_set():
+            while not done.is_set() and not hung_up.is_set():
                 watched = [waker.read_fd, stdin_fd] if stdin_open else [waker.read_fd]
                 try:
                     readable, _, _ = select.select(watched, [], [], 1.0)
@@ -161,7 +174,11 @@ def bridge(session: TerminalExec, *, stdin_fd: int = 0, stdout_fd: int = 1) -> i
                     feed_w = -1
                     stdin_open = False
                 if stdin_open and stdin_fd in readable:
-                    data = os.read(stdin_fd, 65536)
+                    try:
+                        data = os.read(stdin_fd, 65536)
+                    except OSError:  # EIO: the terminal is gone
+                        hung_up.set()
+                        break
                     if data:
                         _write_all(feed_w, data)
                     else:  # EOF on our stdin: tell the exec, keep showing its output
@@ -170,6 +187,7 @@ def bridge(session: TerminalExec, *, stdin_fd: int = 0, stdout_fd: int = 1) -> i
                         stdin_open = False
     finally:
         signal.signal(signal.SIGWINCH, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
         if feed_w != -1:
             os.close(feed_w)
         waker.close()
@@ -178,6 +196,8 @@ def bridge(session: TerminalExec, *, stdin_fd: int = 0, stdout_fd: int = 1) -> i
         # feed_r stays open: the pump thread may still be reading it (it sees EOF now that
         # feed_w is closed), and closing it under the thread could hand the number to
         # another file. One descriptor per bridge, freed when coi exits.
+    if hung_up.is_set() and not done.is_set():
+        raise Hangup("the terminal went away")
     if errors or not codes:
         raise errors[0] if errors else IncusError("the terminal session ended unexpectedly")
     return codes[0]

@@ -58,7 +58,7 @@ from coi.launcher.session.store import (
     now_iso,
 )
 from coi.launcher.session.tools import ToolSpec, known_tools
-from coi.launcher.terminal import TerminalExec, bridge, terminal_size
+from coi.launcher.terminal import Hangup, TerminalExec, bridge, terminal_size
 
 TMUX_SESSION = "coi"
 TMUX_CONF = "/etc/coi-tmux.conf"
@@ -218,6 +218,12 @@ def attach_terminal(client: IncusClient, name: str, *, bash: bool = False) -> in
     return bridge(session)
 
 
+def say(message: str) -> None:
+    """A status line on stderr; silent when the terminal is gone (after a hangup)."""
+    with contextlib.suppress(OSError):
+        print(message, file=sys.stderr, flush=True)
+
+
 def _show_last_screen(client: IncusClient, name: str, tool: str, code: int) -> None:
     try:
         screen = client.pull_file(name, SCREEN_FILE).decode(errors="replace")
@@ -295,7 +301,7 @@ def conclude(
     progress = progress or Progress()
     if outcome is Outcome.DETACHED:
         store.write_meta(meta.with_(status="detached"))
-        print(f"coi: detached; `coi attach {name}` returns to the session", file=sys.stderr)
+        say(f"coi: detached; `coi attach {name}` returns to the session")
         return 0
     if outcome is Outcome.LOST:
         store.write_meta(meta.with_(status="lost", ended_at=now_iso()))
@@ -496,7 +502,7 @@ def run_shell(client: IncusClient, request: ShellRequest, progress: Progress | N
         # An IncusError from the attach means the container went away: classify() says so.
         with (
             PeriodicSave(client, sandbox.name, spec, store, started, request.sync_seconds) as sync,
-            contextlib.suppress(IncusError),
+            contextlib.suppress(IncusError, Hangup),
         ):
             attach_terminal(client, sandbox.name)
         meta = sync.meta
@@ -576,7 +582,7 @@ def run_attach(
     with PeriodicSave(client, name, spec, store, meta, sync_seconds) as sync:
         try:
             code = attach_terminal(client, name, bash=bash)
-        except IncusError:
+        except (IncusError, Hangup):
             code = 1
     if bash:
         return code

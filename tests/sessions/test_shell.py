@@ -296,3 +296,19 @@ def test_terminal_restored_after_interrupt(
     bash.sendline("exit")
     bash.expect(pexpect.EOF)
     wait_for(lambda: ws_containers(workspace) == [], what="the container to be removed")
+
+
+def test_terminal_hangup_detaches(scoi: SessionCoi, workspace: Path, no_leftovers: None) -> None:
+    child = scoi.spawn(*SHELL)
+    prompt(child)
+    ask(child, "note survives-hangup", "NOTED")
+    os.kill(_coi_pid(workspace), signal.SIGHUP)
+    assert finish(child) == 0
+    (name,) = ws_containers(workspace)
+    assert "survives-hangup" in scoi("tmux", "capture", name).stdout
+    child = scoi.spawn("attach")
+    child.sendline("run cat ~/.fakeagent/notes")
+    child.expect_exact("survives-hangup")
+    prompt(child)
+    child.sendline("exit 0")
+    assert finish(child) == 0
