@@ -44,7 +44,11 @@ from coi.launcher.session.hostint_guard import (
 )
 from coi.launcher.session.hostint_incus import local_devices, update_instance
 from coi.launcher.session.hostint_timer import start_duration_timer
-from coi.launcher.session.idmap import WORKSPACE_PATH, plan_workspace_mount
+from coi.launcher.session.idmap import (
+    WORKSPACE_PATH,
+    check_restricted_disk_path,
+    plan_workspace_mount,
+)
 from coi.launcher.session.phases import Teardown
 from coi.launcher.session.sandbox import AfterStart, BeforeStart, Sandbox
 
@@ -152,6 +156,9 @@ def plan_host_integration(
         ).method
         == "shift"
     )
+    if restricted_project:
+        for spec in config.mounts.default:
+            check_restricted_disk_path(spec.host, host_uid)
     _plan_mounts(plan, config, shift)
     _plan_protection(plan, config, workspace, shift, stage_root, warnings)
     _plan_env(plan, config, environ, warnings)

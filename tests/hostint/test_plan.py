@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
-from hostint_harness import config_for
+from hostint_harness import config_for, unix_user
 
-from coi.launcher.errors import SessionError
+from coi.launcher.errors import SessionError, WorkspaceError
 from coi.launcher.session.hostint import (
     SSH_AGENT_PATH,
     GitIdentity,
@@ -258,20 +259,40 @@ def test_tamper_snapshot_sees_changes_without_following_links(tmp_path: Path) ->
     assert not (saved / ".git/hooks/link").exists()
 
 
-def test_ssh_agent_not_offered_in_restricted_projects(ws: Path, agent_socket: str) -> None:
-    warnings: list[str] = []
-    result = plan_host_integration(
-        config_for(ws, {"ssh.forward_agent": True}),
-        ws,
-        host_uid=1002,
-        host_gid=1002,
-        warnings=warnings,
-        restricted_project=True,
-        environ={"SSH_AUTH_SOCK": agent_socket},
-        git_identity=GitIdentity(),
-    )
-    assert "coi-ssh-agent" not in result.devices
-    assert any("incus-user" in w for w in warnings)
+def test_restricted_projects_no_ssh_agent_and_mounts_under_home(
+    agent_socket: str, tmp_path: Path
+) -> None:
+    user = unix_user("coit-run")
+    ws = user.home / f"hostint-plan-{os.getpid()}"
+    ws.mkdir()
+    try:
+        warnings: list[str] = []
+        result = plan_host_integration(
+            config_for(ws, {"ssh.forward_agent": True}),
+            ws,
+            host_uid=user.uid,
+            host_gid=user.gid,
+            warnings=warnings,
+            restricted_project=True,
+            environ={"SSH_AUTH_SOCK": agent_socket},
+            git_identity=GitIdentity(),
+        )
+        assert "coi-ssh-agent" not in result.devices
+        assert any("incus-user" in w for w in warnings)
+        # A host mount outside the home is refused before Incus would refuse it.
+        with pytest.raises(WorkspaceError, match="restricted"):
+            plan_host_integration(
+                config_for(ws, {"mounts.default": [f"{tmp_path}:/data"]}),
+                ws,
+                host_uid=user.uid,
+                host_gid=user.gid,
+                warnings=[],
+                restricted_project=True,
+                environ={},
+                git_identity=GitIdentity(),
+            )
+    finally:
+        shutil.rmtree(ws)
 
 
 def test_hard_linked_protected_file_is_reported(ws: Path) -> None:
