@@ -187,11 +187,16 @@ def copy_credentials(client: IncusClient, name: str, spec: ToolSpec, host_home: 
 
 
 def capture_state(client: IncusClient, name: str, spec: ToolSpec) -> bytes:
-    """The tool's state paths (those that exist) as a tar archive made in the container."""
+    """The tool's state paths (those that exist) as a tar archive made in the container.
+
+    Credential files are left out: they come from the host on every start, and the session
+    store should not hold another copy of them.
+    """
+    excludes = " ".join(f"--exclude={shlex.quote(c)}" for c in spec.credentials)
     script = (
         "cd ~ && for p in " + " ".join(shlex.quote(p) for p in spec.state_paths) + "; do "
         '[ -e "$p" ] || [ -L "$p" ] && printf "%s\\n" "$p"; done | '
-        "tar --create --file=- --files-from=- --warning=no-file-changed "
+        f"tar --create --file=- {excludes} --files-from=- --warning=no-file-changed "
         "--ignore-failed-read; rc=$?; [ $rc -le 1 ] || exit $rc"
     )
     return _run(client, name, ["bash", "-c", script])

@@ -56,7 +56,7 @@ bypass_args = ["--yolo"]
 interactive_args = ["--ask"]
 resume_args = ["--resume"]
 state_paths = [".fakeagent"]
-credentials = [".fakeagent-creds/token"]
+credentials = [".fakeagent/credentials"]
 context_file = ".fakeagent/CONTEXT.md"
 context_mode = "inline"
 """
@@ -97,7 +97,7 @@ def _write_owned(user: UnixUser, path: Path, text: str, mode: int = 0o644) -> No
 def fake_tool(run_user: UnixUser, fake_image: str) -> str:
     """The user-defined tool spec `fakeagent` and a host credential for it."""
     _write_owned(run_user, run_user.home / ".config/coi/tools/fakeagent.toml", TOOL_SPEC)
-    _write_owned(run_user, run_user.home / ".fakeagent-creds/token", CREDENTIAL + "\n", 0o600)
+    _write_owned(run_user, run_user.home / ".fakeagent/credentials", CREDENTIAL + "\n", 0o600)
     return "fakeagent"
 
 

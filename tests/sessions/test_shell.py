@@ -81,8 +81,8 @@ def test_prompt_size_resize_context_and_ephemeral_end(
     ask(child, "run grep -c coi:sandbox-context ~/.fakeagent/CONTEXT.md", r"\r\n2\r\n")
     ask(child, "run grep -o 'mounted at /workspace' ~/SANDBOX_CONTEXT.md", "mounted at /workspace")
     # Credentials copied in (0600, code's), nothing else of the host home.
-    ask(child, "run stat -c %a:%U ~/.fakeagent-creds/token", r"600:code")
-    ask(child, "run cat ~/.fakeagent-creds/token", CREDENTIAL)
+    ask(child, "run stat -c %a:%U ~/.fakeagent/credentials", r"600:code")
+    ask(child, "run cat ~/.fakeagent/credentials", CREDENTIAL)
     ask(child, "run test -e ~/.config/coi/tools", r"RAN\[1\]")  # the host's, not copied
     ask(child, "run echo made-inside > /workspace/made.txt", r"RAN\[0\]")
     ask(child, "note first-note", "NOTED")
@@ -98,7 +98,9 @@ def test_prompt_size_resize_context_and_ephemeral_end(
     assert (made.stat().st_uid, made.stat().st_gid) == (run_user.uid, run_user.gid)
     (meta,) = saved_sessions(run_user, workspace)
     assert meta["status"] == "ended" and meta["exit_code"] == 3 and meta["slot"] == 1
-    assert state_files(run_user, meta)[".fakeagent/notes"] == b"first-note\n"
+    saved = state_files(run_user, meta)
+    assert saved[".fakeagent/notes"] == b"first-note\n"
+    assert ".fakeagent/credentials" not in saved  # credentials are not kept in the store
 
 
 def test_detach_attach_and_tmux_from_outside(
