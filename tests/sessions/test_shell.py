@@ -148,6 +148,11 @@ def test_two_slots_run_at_once_with_separate_homes(
     assert scoi("tmux", "send", names[0], "run touch ~/only-in-slot-1").returncode == 0
     wait_for(lambda: has_file(names[0], "/home/code/only-in-slot-1"), what="the file in slot 1")
     assert not has_file(names[1], "/home/code/only-in-slot-1")
+    # Several running: attach without a name lists them instead of guessing.
+    several = scoi("attach")
+    assert several.returncode == 1
+    assert "2 sessions are running; name the one to attach to" in several.stderr
+    assert names[0] in several.stderr and names[1] in several.stderr
     # Slot taken: asking for slot 1 again is refused and changes nothing.
     taken = scoi(*SHELL, "--slot", "1", "--background")
     assert taken.returncode == 1
