@@ -229,11 +229,14 @@ def _show_last_screen(client: IncusClient, name: str, tool: str, code: int) -> N
         screen = client.pull_file(name, SCREEN_FILE).decode(errors="replace")
     except IncusError:
         return
-    lines = [line.rstrip() for line in screen.splitlines() if line.strip()][-20:]
+    # The file is the agent's to write: drop control characters so that no escape sequence
+    # reaches the user's terminal.
+    printable = "".join(c if c.isprintable() or c in "\n\t" else "?" for c in screen)
+    lines = [line.rstrip() for line in printable.splitlines() if line.strip()][-20:]
     if lines:
-        print(f"coi: {tool} exited with code {code}; its last screen:", file=sys.stderr)
+        say(f"coi: {tool} exited with code {code}; its last screen:")
         for line in lines:
-            print(f"  | {line}", file=sys.stderr)
+            say(f"  | {line}")
 
 
 def _has_exit_file(client: IncusClient, name: str) -> bool:
@@ -305,11 +308,10 @@ def conclude(
         return 0
     if outcome is Outcome.LOST:
         store.write_meta(meta.with_(status="lost", ended_at=now_iso()))
-        saved = f"saved at {meta.saved_at}" if meta.saved_at else "none was saved"
-        print(
+        when = f"saved at {meta.saved_at}" if meta.saved_at else "none was saved"
+        say(
             f"coi: container {name} disappeared (deleted from outside?); the session ended "
-            f"and its data is in {store.directory(meta.tool, meta.id)} ({saved})",
-            file=sys.stderr,
+            f"and its data is in {store.directory(meta.tool, meta.id)} ({when})",
         )
         if release is not None:
             release()
@@ -328,9 +330,11 @@ def conclude(
         if code != 0:
             _show_last_screen(client, name, spec.name, code)
     progress.step(f"saving {spec.name} session data")
+    saved = True
     try:
         meta = save_state(client, name, spec, store, meta)
     except CoiError as exc:
+        saved = False
         warn(f"could not save the session data: {exc}")
     store.write_meta(meta.with_(status="ended", ended_at=now_iso(), exit_code=code))
     info = client.instance(name)
@@ -344,7 +348,8 @@ def conclude(
         release()
     elif not persistent:
         client.remove_instance(name)
-    print(f"coi: session {meta.id} saved; `coi shell --resume` continues it", file=sys.stderr)
+    if saved:
+        say(f"coi: session {meta.id} saved; `coi shell --resume` continues it")
     return code
 
 
