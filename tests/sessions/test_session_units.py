@@ -214,3 +214,20 @@ def test_raw_mode_restores_the_terminal_on_error() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_last_screen_of_a_failed_tool_carries_no_escape_sequences(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from coi.launcher.session.shell import _show_last_screen
+
+    class ScreenFile:  # the IncusClient seam: only pull_file is used
+        def pull_file(self, name: str, path: str) -> bytes:
+            assert path == "/tmp/coi-tool-screen"
+            return b"error: no network\n\x1b]52;c;cGF5bG9hZA==\x07\x1b[2Jgone\n\n"
+
+    _show_last_screen(ScreenFile(), "c", "claude", 1)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert "claude exited with code 1" in err
+    assert "  | error: no network" in err
+    assert "\x1b" not in err and "\x07" not in err
