@@ -202,6 +202,12 @@ def check_image(client: IncusClient, alias: str = "coi") -> CheckResult:
     if image is None:
         base = client.image_by_alias("coi-base")
         hint = "`coi build`" if base else "`sudo packaging/host-setup`, then `coi build`"
+        if client.endpoint.mode == "user":
+            # Images are per project: the administrator's builds reach this one by a copy.
+            hint = "ask the administrator to run `sudo coi-helper provision-user $USER`"
+            hint += " (copies coi-base and coi into your project)"
+            if base:
+                hint += ", or `coi build`"
         return CheckResult("image", Status.WARN, f"image {alias!r} not built yet", hint)
     details = {
         "fingerprint": image.fingerprint[:12],

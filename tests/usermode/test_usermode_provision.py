@@ -31,6 +31,8 @@ from coi.helper.provision import COPIED_FROM, ProvisionError, provision_user
 
 pytestmark = pytest.mark.integration
 
+IMAGES = Path("/var/lib/incus/images")
+
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
@@ -64,9 +66,6 @@ def test_rerun_changes_nothing_and_keeps_incus_user_running(uma: UnixUser) -> No
         fp = image_fingerprint(alias, "default")
         assert image_fingerprint(alias, project_of(uma)) == fp, alias
         assert _properties(fp, project_of(uma)).get(COPIED_FROM) == "default"
-    # The copy shares the admin's image files: nothing was duplicated on disk.
-    fp = image_fingerprint("coi", "default")
-    assert sorted(p.name for p in Path("/var/lib/incus/images").glob(fp + "*"))
 
 
 def test_copies_follow_the_admins_alias_and_stale_ones_are_pruned(
@@ -95,9 +94,13 @@ def test_copies_follow_the_admins_alias_and_stale_ones_are_pruned(
     assert image_fingerprint(alias, project_of(uma)) == second
     assert not has_image(first, project_of(uma)), "the stale copy stayed in the user's project"
     assert any("outdated copy" in a for a in moved.actions), moved.actions
-    # Deleting the copy left the admin's image intact.
+    # Deleting the copy left the admin's image intact, files included.
     assert has_image(first, "default")
-    assert sh("incus", "image", "info", first).returncode == 0
+    assert (IMAGES / first).exists()
+    # And the other way round: the admin deleting an image keeps the user's copy working.
+    sh("incus", "image", "delete", second)
+    assert has_image(second, project_of(uma))
+    assert (IMAGES / second).exists()
 
 
 def test_an_image_the_user_made_is_never_replaced(
@@ -143,3 +146,21 @@ def test_a_missing_image_named_explicitly_is_an_error(uma: UnixUser) -> None:
     assert result.returncode != 0
     assert f"image '{PREFIX}nope' not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_health_points_a_user_without_images_to_provision_user(
+    umb: UnixUser, coi_b: UserCoi
+) -> None:
+    fp = image_fingerprint("coi", project_of(umb))
+    assert fp, "coit-umb was provisioned with the coi image"
+    sh("incus", "image", "delete", "--project", project_of(umb), fp)
+    try:
+        report = json.loads(coi_b("health", "--format", "json").stdout)
+        image = next(c for c in report["checks"] if c["name"] == "image")
+        assert image["status"] == "warn", image
+        assert "coi-helper provision-user" in image["hint"], image
+    finally:
+        sh(HELPER_BIN, "provision-user", umb.name)
+    assert image_fingerprint("coi", project_of(umb)) == image_fingerprint("coi", "default")
+    report = json.loads(coi_b("health", "--format", "json").stdout)
+    assert next(c for c in report["checks"] if c["name"] == "image")["status"] == "ok"
