@@ -402,6 +402,7 @@ class NetworkEngine:
             (ruleset.BRIDGE, "pre"),
             (ruleset.INET, "pre"),
             (ruleset.INET, "dns"),
+            (ruleset.INET, "unmark"),
         }
         if needed <= inv.base_chains:
             return []

@@ -51,6 +51,8 @@ LOG_BURST = 20
 BRIDGE_PRIORITY = -350
 FILTER_PRIORITY = -190
 DNS_NAT_PRIORITY = -110
+# After dstnat (-100), before the routing decision.
+UNMARK_PRIORITY = -90
 NAME_SET_SIZE = 65536
 
 PRIVATE4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
@@ -183,6 +185,7 @@ def skeleton() -> list[Json]:
     cmds.append(_base_chain(BRIDGE, "pre", "filter", BRIDGE_PRIORITY))
     cmds.append(_base_chain(INET, "pre", "filter", FILTER_PRIORITY))
     cmds.append(_base_chain(INET, "dns", "nat", DNS_NAT_PRIORITY))
+    cmds.append(_base_chain(INET, "unmark", "filter", UNMARK_PRIORITY))
     return cmds
 
 
@@ -194,6 +197,14 @@ def skeleton_rules() -> list[Json]:
         # Fail closed: a coi-marked packet whose container has no chain is dropped.
         _rule(INET, "pre", _match({"&": [_meta("mark"), MARK_BASE]}, MARK_BASE), DROP),
         _rule(INET, "dns", {"vmap": {"key": _meta("mark"), "data": "@dnsmarks"}}),
+        # Once filtered and redirected, the packet gets its mark (0 when it left the
+        # container's namespace) back, so routing and other firewalls see no coi marks.
+        _rule(
+            INET,
+            "unmark",
+            _match({"&": [_meta("mark"), MARK_BASE]}, MARK_BASE),
+            {"mangle": {"key": _meta("mark"), "value": 0}},
+        ),
     ]
 
 

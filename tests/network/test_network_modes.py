@@ -70,6 +70,34 @@ def test_restricted_matrix(lab: L.Lab, engine: LabEngine, apply: Apply) -> None:
     assert L.reachable(L.C2, "tcp", L.NET4)
 
 
+def test_marks_do_not_leak_past_prerouting(lab: L.Lab, engine: LabEngine, apply: Apply) -> None:
+    """Routing and other firewalls never see coi's packet marks."""
+    apply("c1", {"mode": "open"})
+    L.nsexec(L.RTR, "nft", "add", "table", "inet", "coit_watch")
+    hook = "{ type filter hook forward priority 0; }"
+    L.nsexec(L.RTR, "nft", "add", "chain", "inet", "coit_watch", "watch", hook)
+    L.nsexec(
+        L.RTR,
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "coit_watch",
+        "watch",
+        "meta",
+        "mark",
+        "!=",
+        "0",
+        "counter",
+    )
+    try:
+        assert L.reachable(L.C1, "tcp", L.NET4) and L.reachable(L.C1, "udp", L.PRIV4)
+        listing = L.nsexec(L.RTR, "nft", "list", "table", "inet", "coit_watch").stdout
+        assert "counter packets 0 bytes 0" in listing, listing
+    finally:
+        L.nsexec(L.RTR, "nft", "delete", "table", "inet", "coit_watch")
+
+
 def test_restricted_allowed_ports_and_host_exceptions(
     lab: L.Lab, engine: LabEngine, apply: Apply
 ) -> None:
