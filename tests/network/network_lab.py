@@ -259,6 +259,8 @@ class Lab:
         for ns in NAMESPACES:
             if Path(f"/run/netns/{ns}").exists():
                 sh("ip", "netns", "del", ns, check=False)
+        for log in Path("/tmp").glob(f"{PREFIX}*.log"):
+            log.unlink(missing_ok=True)
 
     def upstream_queries(self) -> list[str]:
         """The names the upstream DNS server was asked for."""
