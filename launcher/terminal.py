@@ -61,16 +61,26 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _Waker:
-    """A self-pipe: signal handlers and threads wake the select loop through it."""
+    """A self-pipe: signal handlers and threads wake the select loop through it.
+
+    Threads of an abandoned exec may still call `wake` after the bridge returned; once
+    closed, the waker ignores them, so they never write into a reused descriptor number.
+    """
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
+        # Re-entrant: a signal handler may run in the main thread while it holds the lock.
+        self._lock = threading.RLock()
+        self._closed = False
 
     def wake(self, what: bytes) -> None:
-        with contextlib.suppress(OSError):  # a full pipe already wakes the loop
-            os.write(self.write_fd, what)
+        with self._lock:
+            if self._closed:
+                return
+            with contextlib.suppress(OSError):  # a full pipe already wakes the loop
+                os.write(self.write_fd, what)
 
     def drain(self) -> bytes:
         try:
@@ -79,9 +89,11 @@ class _Waker:
             return b""
 
     def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._lock:
+            self._closed = True
+            for fd in (self.read_fd, self.write_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 class TerminalExec(ExecSession):
