@@ -83,13 +83,18 @@ def _under(path: str, parent: str) -> bool:
 
 
 def check_restricted_disk_path(
-    workspace: Path, host_uid: int, allowed: Sequence[str] | None = None
+    workspace: Path,
+    host_uid: int,
+    allowed: Sequence[str] | None = None,
+    *,
+    what: str = "workspace",
 ) -> None:
-    """Refuse, before Incus does, a workspace a restricted project may not mount.
+    """Refuse, before Incus does, a disk source a restricted project may not mount.
 
     Incus allows disk devices only under the project's restricted.devices.disk.paths (the
     user's home for incus-user projects). Both the path as given and its target after
-    symlinks must lie there, so a link in the home does not lead elsewhere.
+    symlinks must lie there, so a link in the home does not lead elsewhere. `what` names the
+    path in the error ("workspace", "mount source", ...).
     """
     paths = [p for p in (allowed if allowed is not None else [_home_of(host_uid)]) if p]
     given = os.path.normpath(str(workspace))
@@ -99,9 +104,9 @@ def check_restricted_disk_path(
     where = ", ".join(paths) or "no path at all"
     shown = given if given == real else f"{given} (-> {real})"
     raise WorkspaceError(
-        f"workspace {shown} is outside the paths your restricted Incus project "
+        f"{what} {shown} is outside the paths your restricted Incus project "
         f"user-{host_uid} may mount (restricted.devices.disk.paths: {where})",
-        hint="put the workspace under your home directory, or ask the administrator to "
+        hint=f"put the {what} under your home directory, or ask the administrator to "
         f"extend restricted.devices.disk.paths of project user-{host_uid}",
     )
 

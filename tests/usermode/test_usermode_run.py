@@ -176,3 +176,23 @@ def test_build_goes_into_the_users_project(
         fp = image_fingerprint(alias, project_of(uma))
         if fp:
             sh("incus", "image", "delete", "--project", project_of(uma), fp)
+
+
+def test_extra_mounts_follow_the_same_rule(
+    coi_a: UserCoi, uma: UnixUser, ws_a: Path, outside_ws: Path, no_leftovers: None
+) -> None:
+    data = ws_a.parent / f"{ws_a.name}-data"
+    data.mkdir()
+    try:
+        (data / "marker").write_text("from-home\n")
+        os.chown(data, uma.uid, uma.gid)
+        mount = f"{data}:/data:ro"
+        ok = coi_a("run", "-w", str(ws_a), "--mount", mount, "--", "cat", "/data/marker")
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout == "from-home\n"
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    refused = coi_a("run", "-w", str(ws_a), "--mount", f"{outside_ws}:/data", "--", "true")
+    assert refused.returncode == 1
+    assert "restricted.devices.disk.paths" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -78,3 +78,9 @@ def test_plan_checks_only_restricted_projects(tmp_path: Path) -> None:
     assert plan(False) == "raw.idmap"
     with pytest.raises(WorkspaceError):
         plan(True)
+
+
+def test_the_error_names_what_was_refused(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceError, match=r"^mount source .* is outside") as err:
+        check_restricted_disk_path(tmp_path, 1234, ["/nowhere"], what="mount source")
+    assert err.value.hint and err.value.hint.startswith("put the mount source under")
