@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from coi.launcher import __version__
+from coi.launcher.cli import run_options as ro
 from coi.launcher.cli.config_cmd import config_app
 from coi.launcher.cli.trust_cmd import trust, untrust
 from coi.launcher.errors import CoiError
@@ -29,8 +30,8 @@ from coi.launcher.images.build import (
 )
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import Progress
+from coi.launcher.session.naming import check_slot
 from coi.launcher.session.run import run_command
-from coi.launcher.session.sandbox import SandboxRequest, parse_env
 
 
 class OutputFormat(StrEnum):
@@ -66,7 +67,6 @@ SlotOpt = Annotated[
         "--slot", help="Slot 1..10 for parallel sandboxes of one workspace; 0 = first free."
     ),
 ]
-ImageOpt = Annotated[str, typer.Option("--image", help="Image alias to start from.")]
 EnvOpt = Annotated[
     list[str] | None,
     typer.Option("--env", "-e", help="Set KEY=VALUE inside the sandbox (repeatable)."),
@@ -76,7 +76,8 @@ FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Output format
 
 @app.command(
     context_settings={"allow_interspersed_args": False},
-    epilog="Examples:\n\n  coi run -- npm test\n\n  coi run -w ~/src/app -e CI=1 -- make check",
+    epilog="Examples:\n\n  coi run -- npm test\n\n  coi run -w ~/src/app -e CI=1 -- make check"
+    "\n\n  coi run --limit-memory 2GiB --limit-duration 30m -- ./long-job.sh",
 )
 def run(
     command: Annotated[
@@ -87,29 +88,60 @@ def run(
     persistent: Annotated[
         bool, typer.Option("--persistent", help="Keep the container after the command.")
     ] = False,
-    image: ImageOpt = DEFAULT_ALIAS,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Image alias to start from (default: coi).")
+    ] = None,
     env: EnvOpt = None,
     no_wait_network: Annotated[
         bool,
         typer.Option("--no-wait-network", help="Do not wait for the container's IPv4 address."),
     ] = False,
+    profile: ro.ProfileOpt = None,
+    mount: ro.MountOpt = None,
+    forward_env: ro.ForwardEnvOpt = None,
+    ssh_agent: ro.SshAgentOpt = False,
+    writable_git_hooks: ro.WritableHooksOpt = False,
+    limit_cpu: ro.LimitCpuOpt = None,
+    limit_cpu_allowance: ro.LimitCpuAllowanceOpt = None,
+    limit_memory: ro.LimitMemoryOpt = None,
+    limit_swap: ro.LimitSwapOpt = None,
+    limit_disk_read: ro.LimitDiskReadOpt = None,
+    limit_disk_write: ro.LimitDiskWriteOpt = None,
+    limit_disk_max: ro.LimitDiskMaxOpt = None,
+    limit_processes: ro.LimitProcessesOpt = None,
+    limit_duration: ro.LimitDurationOpt = None,
 ) -> None:
     """Run one command in a fresh sandbox and exit with its exit code.
 
     The workspace is mounted at /workspace; the command runs there as user `code` (uid 1000),
     and files it creates belong to you on the host. stdout and stderr are streamed separately,
     stdin is passed through. The container is deleted afterwards, also on Ctrl-C, unless
-    --persistent.
+    --persistent. Configuration layers (`coi config show`) apply, flags last.
     """
-    request = SandboxRequest(
-        workspace=workspace,
-        slot=slot,
-        image=image,
+    flags = ro.HostFlags(
+        profile=profile,
+        mounts=mount or [],
+        forward_env=forward_env or [],
+        env=env or [],
+        ssh_agent=ssh_agent,
+        writable_git_hooks=writable_git_hooks,
         persistent=persistent,
-        env=parse_env(env or []),
-        wait_for_network=0 if no_wait_network else 20,
+        image=image,
+        limit_cpu=limit_cpu,
+        limit_cpu_allowance=limit_cpu_allowance,
+        limit_memory=limit_memory,
+        limit_swap=limit_swap,
+        limit_disk_read=limit_disk_read,
+        limit_disk_write=limit_disk_write,
+        limit_disk_max=limit_disk_max,
+        limit_processes=limit_processes,
+        limit_duration=limit_duration,
     )
+    check_slot(slot)
     client = IncusClient.connect()
+    request, _host = ro.sandbox_request(
+        client, workspace, flags, slot=slot, wait_for_network=0 if no_wait_network else 20
+    )
     code = run_command(client, request, command or [], progress=Progress())
     raise typer.Exit(code)
 

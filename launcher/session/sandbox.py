@@ -120,20 +120,28 @@ class Sandbox:
 
 
 def choose_slot(
-    client: IncusClient, workspace: Path, slot: int, persistent: bool
+    client: IncusClient,
+    workspace: Path,
+    slot: int,
+    persistent: bool,
+    lost: frozenset[str] = frozenset(),
 ) -> tuple[int, InstanceInfo | None]:
     """Pick the slot: the requested one (refused if taken) or the first free of 1..10.
 
     A persistent container already in the slot is reused when `persistent` is asked for.
+    `lost` names containers another coi created between our listing and our create.
     """
     check_slot(slot)
     prefix = container_prefix()
-    existing = {i.name: i for i in client.instances(prefix)}
+    existing: dict[str, InstanceInfo | None] = {i.name: i for i in client.instances(prefix)}
+    existing.update(dict.fromkeys(lost))
     if slot:
         name = container_name(workspace, slot, prefix)
-        info = existing.get(name)
-        if info is None:
+        if name not in existing:
             return slot, None
+        info = existing[name]
+        if info is None:
+            raise SessionError(f"slot {slot} of this workspace was just taken by another session")
         if persistent and info.config.get(KEY_PERSISTENT) == "true":
             return slot, info
         raise SessionError(
@@ -194,7 +202,37 @@ def open_sandbox(
     """
     workspace = resolve_workspace(request.workspace)
     _require_image(client, request.image)
-    slot, existing = choose_slot(client, workspace, request.slot, request.persistent)
+    lost: set[str] = set()
+    while True:
+        sandbox = _create_or_reuse(client, request, workspace, frozenset(lost), teardown, progress)
+        if isinstance(sandbox, Sandbox):
+            break
+        lost.add(sandbox)  # another coi won the race for this slot: take the next free one
+    _wait_network(client, sandbox, request, progress)
+    for after in request.after_start:
+        after(client, sandbox, teardown)
+    return sandbox
+
+
+def _is_name_race(exc: IncusError) -> bool:
+    text = str(exc)
+    return "already exists" in text or 'busy running a "create" operation' in text
+
+
+def _create_or_reuse(
+    client: IncusClient,
+    request: SandboxRequest,
+    workspace: Path,
+    lost: frozenset[str],
+    teardown: Teardown,
+    progress: Progress,
+) -> Sandbox | str:
+    """Reuse the slot's persistent container or create and start a new one.
+
+    Returns the container's name instead of a sandbox when a parallel `coi` created that
+    name first (only for an automatically chosen slot).
+    """
+    slot, existing = choose_slot(client, workspace, request.slot, request.persistent, lost)
     name = container_name(workspace, slot)
     if existing is not None:
         if not existing.running:
@@ -202,11 +240,7 @@ def open_sandbox(
                 hook(client, name, teardown)
             progress.step(f"starting persistent container {name}")
             client.set_state(name, "start")
-        sandbox = Sandbox(name, slot, workspace, True, created=False)
-        _wait_network(client, sandbox, request, progress)
-        for after in request.after_start:
-            after(client, sandbox, teardown)
-        return sandbox
+        return Sandbox(name, slot, workspace, True, created=False)
 
     server = client.server_info()
     mount = plan_workspace_mount(
@@ -240,9 +274,16 @@ def open_sandbox(
         devices={**request.devices, "workspace": mount.device},
     )
     progress.step(f"creating container {name} from image {request.image}")
-    teardown.push(f"remove container {name}", lambda: _remove_if_ours(client, name, nonce))
-    op = client.create_instance_async(spec)
-    client.wait_operation(op, f"creating container {name}")
+    step = f"remove container {name}"
+    teardown.push(step, lambda: _remove_if_ours(client, name, nonce))
+    try:
+        op = client.create_instance_async(spec)
+        client.wait_operation(op, f"creating container {name}")
+    except IncusError as exc:
+        if request.slot == 0 and _is_name_race(exc) and len(lost) < MAX_SLOT:
+            teardown.discard(step)
+            return name
+        raise
     for hook in request.before_start:
         hook(client, name, teardown)
     progress.step(f"starting {name}")
@@ -250,11 +291,7 @@ def open_sandbox(
         client.set_state(name, "start")
     except IncusError as exc:
         raise SessionError(f"container {name} failed to start: {exc}") from exc
-    sandbox = Sandbox(name, slot, workspace, request.persistent, created=True)
-    _wait_network(client, sandbox, request, progress)
-    for after in request.after_start:
-        after(client, sandbox, teardown)
-    return sandbox
+    return Sandbox(name, slot, workspace, request.persistent, created=True)
 
 
 def _wait_network(
