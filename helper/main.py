@@ -16,6 +16,7 @@ import stat
 import struct
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from coi.helper import __version__
 from coi.helper.authz import Authorizer
@@ -26,6 +27,9 @@ from coi.helper.interface import DEFAULT_SOCKET, Features, check_contract
 from coi.helper.policy import DEFAULT_PATH, PolicyFileError, load_policy
 from coi.helper.polkit import PIDFD_SUBJECT_VERSION, PolkitClient
 from coi.helper.server import Server, ServerLimits
+
+if TYPE_CHECKING:
+    from coi.helper.app import HelperApp
 
 log = logging.getLogger("coi.helper")
 
@@ -101,6 +105,31 @@ def bind_socket(path: str, mode: int = 0o666) -> socket.socket:
     return sock
 
 
+def reconcile_network(app: HelperApp) -> None:
+    """Once at start: drop the network state of vanished containers, repair the rest.
+
+    A failure is logged, not fatal: the rules already in the kernel stay, and every later
+    ApplyNetworkPolicy still works (and `Reconcile` can be called again).
+    """
+    try:
+        from coi.helper.network.ipc import NetworkMethods
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and "coi.helper.network".startswith(exc.name):
+            return  # this build has no network engine
+        raise
+    try:
+        report = NetworkMethods(app).reconcile()
+    except Exception as exc:  # any failure here must not stop the helper
+        log.warning("network reconcile at start failed: %s", exc)
+        return
+    if report.removed or report.reapplied:
+        log.info(
+            "network reconcile: removed %s; re-applied %s",
+            ", ".join(report.removed) or "nothing",
+            ", ".join(report.reapplied) or "nothing",
+        )
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the helper until idle or signalled."""
     if os.geteuid() != 0:
@@ -155,6 +184,7 @@ def serve(args: argparse.Namespace) -> int:
         limits=ServerLimits(),
     )
     server = Server(listener, app.service(), app.context, app.limits, idle, use_pidfd=peer_pidfd)
+    reconcile_network(app)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         server.stop()

@@ -9,6 +9,7 @@ server-only (no jeepney, pylxd or server modules).
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from coi.helper.interface import (
 )
 from coi.helper.ipc.client import VarlinkConnection
 from coi.helper.ipc.errors import IpcError, ProtocolError, VarlinkError
-from coi.helper.ipc.typed import from_wire, to_wire
+from coi.helper.ipc.typed import check_dataclass, from_wire, to_wire
 from coi.launcher.errors import HelperError
 
 SOCKET_ENV = "COI_HELPER_SOCKET"
@@ -70,9 +71,130 @@ class HelperContractMismatch(HelperError):
     """The running helper speaks a different version of the interface."""
 
 
+# ----------------------------------------------------------------- network wire types
+# The launcher's typed view of the network methods (the helper keeps its own server-side
+# copies); `_contract_checked` proves both against the interface text, so they cannot drift.
+class NetworkMode(enum.StrEnum):
+    """NetworkPolicy.mode."""
+
+    RESTRICTED = "restricted"
+    ALLOWLIST = "allowlist"
+    OPEN = "open"
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True)
+class NetworkAllowEntry:
+    """An allowlist entry: DNS name (`*.` wildcard), address or CIDR, optional ports."""
+
+    target: str
+    ports: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class NetworkHostException:
+    """An address or CIDR reachable despite the mode's blocks, optional ports and label."""
+
+    target: str
+    ports: list[int] | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """What a container may reach; fields its mode does not use stay None."""
+
+    mode: NetworkMode
+    allowed_ports: list[int] | None = None
+    allowlist: list[NetworkAllowEntry] | None = None
+    hosts: list[NetworkHostException] | None = None
+    block_private_networks: bool | None = None
+    block_metadata_endpoint: bool | None = None
+
+
+@dataclass(frozen=True)
+class NetworkPolicyEntry:
+    """One of the caller's containers' policies as the helper holds it."""
+
+    instance: str
+    project: str
+    policy: NetworkPolicy
+    generation: int
+    installed: bool
+    resolver_running: bool
+
+
+@dataclass(frozen=True)
+class NetworkCounters:
+    """Traffic of one container since its policy was first applied."""
+
+    packets_out: int
+    bytes_out: int
+    packets_rejected: int
+    bytes_rejected: int
+    packets_l2_dropped: int
+    bytes_l2_dropped: int
+    packets_in: int
+    bytes_in: int
+
+
+@dataclass(frozen=True)
+class _InstanceRef:
+    instance: str
+    project: str
+
+
+@dataclass(frozen=True)
+class _ApplyIn:
+    instance: str
+    project: str
+    policy: NetworkPolicy
+
+
+@dataclass(frozen=True)
+class _GenerationOut:
+    generation: int
+
+
+@dataclass(frozen=True)
+class _RemovedOut:
+    removed: bool
+
+
+@dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+@dataclass(frozen=True)
+class _PoliciesOut:
+    policies: list[NetworkPolicyEntry]
+
+
+@dataclass(frozen=True)
+class _CountersOut:
+    counters: NetworkCounters
+
+
+_NETWORK_TYPES: dict[str, tuple[type, type]] = {
+    "ApplyNetworkPolicy": (_ApplyIn, _GenerationOut),
+    "RemoveNetworkPolicy": (_InstanceRef, _RemovedOut),
+    "Quarantine": (_InstanceRef, _GenerationOut),
+    "ListNetworkPolicies": (_NoParams, _PoliciesOut),
+    "ReadCounters": (_InstanceRef, _CountersOut),
+}
+_INVALID_POLICY = f"{INTERFACE}.InvalidPolicy"
+_NETWORK_SETUP_FAILED = f"{INTERFACE}.NetworkSetupFailed"
+
+
 @functools.cache
 def _contract_checked() -> bool:
     check_contract()
+    iface = helper_interface()
+    for name, (tin, tout) in _NETWORK_TYPES.items():
+        method = iface.methods[name]
+        check_dataclass(iface, method.input, tin, f"{name} input")
+        check_dataclass(iface, method.output, tout, f"{name} output")
     return True
 
 
@@ -113,7 +235,15 @@ def _translate(exc: VarlinkError, what: str) -> HelperError:
         return HelperRequestError(f"invalid {p.get('parameter')}: {p.get('reason')}")
     if exc.name == Err.INCUS_UNAVAILABLE:
         return HelperRequestError(f"the helper cannot reach Incus: {p.get('reason')}")
-    if exc.name == Err.METHOD_NOT_FOUND:
+    if exc.name == _INVALID_POLICY:
+        return HelperRequestError(
+            f"the helper refused the network policy: {p.get('field')} {p.get('reason')}",
+            hint="fix the [network] settings (`coi config show` names their source)",
+        )
+    if exc.name == _NETWORK_SETUP_FAILED:
+        return HelperRequestError(f"the helper could not set up the network: {p.get('reason')}")
+    if exc.name in (Err.METHOD_NOT_FOUND, Err.METHOD_NOT_IMPLEMENTED):
+        # An older helper still running after an upgrade knows the name but not the method.
         return HelperContractMismatch(
             f"the running helper does not know {p.get('method')}",
             hint="upgrade coi-helper and restart it",
@@ -206,6 +336,29 @@ class HelperClient:
             DescribeInstanceOut,
         )
         return out.instance
+
+    def apply_network_policy(self, instance: str, project: str, policy: NetworkPolicy) -> int:
+        """Install or replace a container's network policy (before it starts); the generation."""
+        out = self.call("ApplyNetworkPolicy", _ApplyIn(instance, project, policy), _GenerationOut)
+        return out.generation
+
+    def remove_network_policy(self, instance: str, project: str) -> bool:
+        """Remove a container's network policy; False if it had none (idempotent)."""
+        return self.call(
+            "RemoveNetworkPolicy", _InstanceRef(instance, project), _RemovedOut
+        ).removed
+
+    def quarantine(self, instance: str, project: str) -> int:
+        """Cut a container off the network at once (mode blocked); the generation."""
+        return self.call("Quarantine", _InstanceRef(instance, project), _GenerationOut).generation
+
+    def list_network_policies(self) -> list[NetworkPolicyEntry]:
+        """The caller's own containers' policies (every project's for admins)."""
+        return self.call("ListNetworkPolicies", _NoParams(), _PoliciesOut).policies
+
+    def read_counters(self, instance: str, project: str) -> NetworkCounters:
+        """A container's traffic counters."""
+        return self.call("ReadCounters", _InstanceRef(instance, project), _CountersOut).counters
 
     def verify_server_contract(self) -> None:
         """Raise HelperContractMismatch unless the helper serves exactly our interface text."""

@@ -7,6 +7,7 @@ their warnings printed, and the host integration planned into a `SandboxRequest`
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,36 @@ from coi.launcher.config import LoadedConfig, flag_overrides, load_config
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import warn
 from coi.launcher.session.hostint import HostIntegration, plan_for_client
+from coi.launcher.session.network import (
+    NIC,
+    SessionNetwork,
+    network_hook,
+    new_veth_name,
+    pinned_nic,
+    session_network,
+)
 from coi.launcher.session.sandbox import SandboxRequest, parse_env, resolve_workspace
 
 STAGE_ROOT = Path("/run/coi/stage")
 
+
+class NetworkChoice(enum.StrEnum):
+    """Values of --network."""
+
+    RESTRICTED = "restricted"
+    ALLOWLIST = "allowlist"
+    OPEN = "open"
+
+
+NetworkOpt = Annotated[
+    NetworkChoice | None,
+    typer.Option(
+        "--network",
+        help="Network mode: restricted (internet, no host/private ranges), allowlist "
+        "(only [network] allowed_domains), open (everything). Enforced by coi-helper.",
+        case_sensitive=False,
+    ),
+]
 MountOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -105,6 +132,7 @@ class HostFlags:
     limit_disk_max: str | None = None
     limit_processes: int | None = None
     limit_duration: str | None = None
+    network: NetworkChoice | str | None = None
 
 
 def load_for_session(workspace: Path, flags: HostFlags) -> LoadedConfig:
@@ -127,6 +155,7 @@ def load_for_session(workspace: Path, flags: HostFlags) -> LoadedConfig:
         limit_disk_max=flags.limit_disk_max,
         limit_processes=flags.limit_processes,
         limit_duration=flags.limit_duration,
+        network=None if flags.network is None else str(NetworkChoice(flags.network).value),
     )
     loaded = load_config(workspace, profile=flags.profile, cli_overrides=overrides)
     for warning in loaded.warnings:
@@ -145,7 +174,27 @@ def sandbox_request(
     """The `SandboxRequest` for `workspace` with configuration and host integration applied.
 
     The returned `HostIntegration` also carries what `~/SANDBOX_CONTEXT.md` shows
-    (`describe()`, `protected_paths`, `limits`, `ssh_agent`).
+    (`describe()`, `protected_paths`, `limits`, `ssh_agent`); `session_request` also returns
+    the session's network (`network.context_lines(...)`).
+    """
+    request, plan, _network = session_request(
+        client, workspace, flags, slot=slot, wait_for_network=wait_for_network
+    )
+    return request, plan
+
+
+def session_request(
+    client: IncusClient,
+    workspace: Path,
+    flags: HostFlags,
+    *,
+    slot: int = 0,
+    wait_for_network: float = 20.0,
+) -> tuple[SandboxRequest, HostIntegration, SessionNetwork]:
+    """`sandbox_request` plus the session's network mode and policy.
+
+    The container's NIC gets a pinned host-side name and the helper's policy is applied before
+    its first start (fail closed: restricted/allowlist sessions do not start without it).
     """
     workspace = resolve_workspace(workspace)
     loaded = load_for_session(workspace, flags)
@@ -157,6 +206,12 @@ def sandbox_request(
     plan = plan_for_client(client, config, workspace, warnings=warnings, stage_root=stage_root)
     for warning in warnings:
         warn(warning)
+    network = session_network(config.network)
+    devices = dict(plan.devices)
+    nic = pinned_nic(client, new_veth_name())
+    if nic is not None and NIC not in devices:
+        devices[NIC] = nic
+    hook = network_hook(network, persistent=config.defaults.persistent)
     request = SandboxRequest(
         workspace=workspace,
         slot=slot,
@@ -164,9 +219,9 @@ def sandbox_request(
         persistent=config.defaults.persistent,
         env=plan.env,
         wait_for_network=wait_for_network,
-        devices=plan.devices,
+        devices=devices,
         config=plan.config,
-        before_start=tuple(plan.before_start),
+        before_start=(*plan.before_start, hook),
         after_start=tuple(plan.after_start),
     )
-    return request, plan
+    return request, plan, network
