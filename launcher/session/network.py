@@ -175,7 +175,8 @@ def network_hook(
     """The `before_start` hook that puts the session's policy in place (fail closed).
 
     Ephemeral sessions: the teardown stops the container and removes the policy. Persistent
-    ones keep it (the hook applies it again at every restart), unless the apply itself fails.
+    ones keep it (the hook applies it again at every restart). A failed apply is undone at
+    once (the container has not started) and stops the session.
     """
 
     def before_start(client: IncusClient, name: str, teardown: Teardown) -> None:
@@ -183,16 +184,20 @@ def network_hook(
         if not network.needs_helper:
             _drop_stale_policy(name, project, helper)
             return
-        step = f"remove network policy of {name}"
-        # Pushed before the apply: a half-applied policy (say, its resolver failed) is undone.
-        teardown.push(step, lambda: _stop_then_remove(client, name, project, helper))
         try:
             with helper() as h:
                 h.apply_network_policy(name, project, network.policy)
         except HelperError as exc:
+            # The container has not started: undo a half-applied policy (say, its resolver
+            # failed) right away, quietly; a refusal or a missing helper left nothing.
+            with contextlib.suppress(HelperError), helper() as h:
+                h.remove_network_policy(name, project)
             raise _explain(exc, network.mode) from exc
-        if persistent:
-            teardown.discard(step)
+        if not persistent:
+            teardown.push(
+                f"remove network policy of {name}",
+                lambda: _stop_then_remove(client, name, project, helper),
+            )
 
     return before_start
 
@@ -376,3 +381,12 @@ def check_network_isolation(client: IncusClient | None) -> CheckResult:
         f"the helper applies and removes policies in project {client.project}",
         details=details,
     )
+
+
+def network_isolation_check() -> CheckResult:
+    """`check_network_isolation` with this user's own Incus connection (for `run_checks`)."""
+    try:
+        client: IncusClient | None = IncusClient.connect()
+    except CoiError:
+        client = None
+    return check_network_isolation(client)

@@ -13,9 +13,9 @@ from netsession_harness import (
     HELPER_SOCKET,
     PREFIX,
     STOPPED_SOCKET,
+    LabHelper,
+    LabHosts,
     NsCoi,
-    TestHelper,
-    TestHosts,
     leftovers,
     sh,
 )
@@ -36,7 +36,7 @@ def ns_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def test_hosts(ns_workdir: Path) -> Iterator[TestHosts]:
+def test_hosts(ns_workdir: Path) -> Iterator[LabHosts]:
     """The test internet, private host, gateway listener and upstream DNS server."""
     if os.geteuid() != 0:
         pytest.fail("network session tests run as root (namespaces, users); use `bash .ci/run`")
@@ -45,7 +45,7 @@ def test_hosts(ns_workdir: Path) -> Iterator[TestHosts]:
             pytest.fail(f"{tool} is missing: run packaging/host-setup")
     if sh("incus", "image", "info", "coi", check=False).returncode != 0:
         pytest.fail("image 'coi' missing: run `coi build` (bash .ci/run does)")
-    hosts = TestHosts(ns_workdir)
+    hosts = LabHosts(ns_workdir)
     try:
         hosts.up()
         yield hosts
@@ -54,8 +54,8 @@ def test_hosts(ns_workdir: Path) -> Iterator[TestHosts]:
 
 
 @pytest.fixture(scope="session")
-def test_helper(ns_workdir: Path, test_hosts: TestHosts) -> Iterator[TestHelper]:
-    helper = TestHelper(ns_workdir)
+def test_helper(ns_workdir: Path, test_hosts: LabHosts) -> Iterator[LabHelper]:
+    helper = LabHelper(ns_workdir)
     helper.start()
     try:
         yield helper
@@ -66,7 +66,7 @@ def test_helper(ns_workdir: Path, test_hosts: TestHosts) -> Iterator[TestHelper]
 @pytest.fixture
 def stopped_helper(ns_workdir: Path) -> str:
     """The socket of a helper that ran and was stopped."""
-    helper = TestHelper(ns_workdir, STOPPED_SOCKET)
+    helper = LabHelper(ns_workdir, STOPPED_SOCKET)
     helper.start()
     helper.stop()
     return STOPPED_SOCKET
@@ -87,7 +87,7 @@ def ns_workspace(ns_user: UnixUser) -> Iterator[Path]:
 
 
 @pytest.fixture
-def ns_coi(ns_user: UnixUser, test_helper: TestHelper) -> NsCoi:
+def ns_coi(ns_user: UnixUser, test_helper: LabHelper) -> NsCoi:
     return NsCoi(ns_user, HELPER_SOCKET, {})
 
 

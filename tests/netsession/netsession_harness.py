@@ -63,7 +63,7 @@ def gateway() -> str:
     return cidr.split("/")[0]
 
 
-class TestHosts:
+class LabHosts:
     """The namespaces, listeners and upstream DNS server; `down` removes every trace."""
 
     def __init__(self, workdir: Path) -> None:
@@ -145,7 +145,7 @@ class TestHosts:
                 sh("ip", "netns", "del", ns, check=False)
 
 
-class TestHelper:
+class LabHelper:
     """A real coi-helper on `socket`, resolving allowlisted names through our upstream."""
 
     def __init__(self, workdir: Path, socket: str = HELPER_SOCKET) -> None:
@@ -239,4 +239,4 @@ def leftovers(prefix: str) -> list[str]:
     return incus_names(prefix)
 
 
-__all__ = ["COI", "NsCoi", "TestHelper", "TestHosts", "UnixUser", "sh"]
+__all__ = ["COI", "LabHelper", "LabHosts", "NsCoi", "UnixUser", "sh"]
