@@ -34,9 +34,15 @@ from netsession_harness import (
 
 from coi.helper.network import ContainerKey
 from coi.launcher.health.checks import Status
-from coi.launcher.helper_client import HelperClient, NetworkMode
+from coi.launcher.helper_client import HelperClient, NetworkMode, NetworkPolicy
+from coi.launcher.incus.client import IncusClient
 from coi.launcher.session.naming import workspace_hash
-from coi.launcher.session.network import HEALTH_PREFIX, network_isolation_check
+from coi.launcher.session.network import (
+    HEALTH_PREFIX,
+    network_isolation_check,
+    new_veth_name,
+    remove_orphan_policies,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +236,33 @@ def test_health_check_applies_and_removes_a_policy(
     assert "will refuse to start" in result.hint
     names = sh("incus", "list", "-f", "csv", "-c", "n").stdout.split()
     assert [n for n in names if n.startswith(HEALTH_PREFIX)] == []
+
+
+def _orphan(tag: str) -> str:
+    """A never-started container with a policy, then deleted behind the helper's back."""
+    name = f"{PREFIX}{tag}-{os.getpid()}"
+    sh("incus", "init", "--empty", name, "-q")
+    try:
+        sh("incus", "config", "device", "override", name, "eth0", f"host_name={new_veth_name()}")
+        with HelperClient(HELPER_SOCKET) as helper:
+            helper.apply_network_policy(name, "default", NetworkPolicy(NetworkMode.RESTRICTED))
+    finally:
+        sh("incus", "delete", "--force", name)
+    assert name in policy_names() and nft_mentions(name)
+    return name
+
+
+def test_clean_and_helper_start_drop_policies_of_vanished_containers(
+    test_helper: LabHelper, ns_workdir: Path
+) -> None:
+    # `coi clean`: remove_orphan_policies removes what belongs to no container any more.
+    name = _orphan("orph")
+    with HelperClient(HELPER_SOCKET) as helper:
+        removed = remove_orphan_policies(IncusClient.connect(), helper)
+    assert name in removed
+    assert name not in policy_names() and not nft_mentions(name)
+    # A helper that starts reconciles: the vanished container's state and rules are dropped.
+    name = _orphan("rec")
+    test_helper.stop()
+    test_helper.start()
+    assert name not in policy_names() and not nft_mentions(name)
