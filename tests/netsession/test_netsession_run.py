@@ -79,7 +79,9 @@ def test_restricted_session(ns_coi: NsCoi, ns_workspace: Path, ns_user: UnixUser
     script = f"""
 echo "name=$COI_CONTAINER"
 while [ ! -e /workspace/go ]; do sleep 0.1; done
-echo "gwdns=$(getent hosts _gateway.incus | cut -d' ' -f1)"
+# resolved may still be starting: a few tries (the answer must come from the gateway).
+for i in $(seq 20); do gw=$(getent hosts _gateway.incus) && break; sleep 0.5; done
+echo "gwdns=${{gw%% *}}"
 tcp inet {NET4} {TCP_PORT}; udp inet_udp {NET4} {UDP_PORT}
 tcp priv {PRIV4} {TCP_PORT}; udp priv_udp {PRIV4} {UDP_PORT}; tcp gwport {gw} {GW_PORT}
 NFT="sudo env LD_LIBRARY_PATH=/workspace/nft /workspace/nft/nft"
