@@ -43,7 +43,9 @@ class UserCoi(Coi):
     """`coi` as an incus-user user, with this area's container prefix."""
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return super().env({"COI_CONTAINER_PREFIX": PREFIX, **(extra or {})})
+        # A helper on another socket (e.g. a newer one during development) reaches coi too.
+        passed = {k: os.environ[k] for k in ("COI_HELPER_SOCKET",) if k in os.environ}
+        return super().env({"COI_CONTAINER_PREFIX": PREFIX, **passed, **(extra or {})})
 
     def argv(self, args: Sequence[str]) -> list[str]:
         argv = super().argv(args)
