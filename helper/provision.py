@@ -6,7 +6,8 @@ same restrictions, a client certificate under /var/lib/incus/users/<uid>/ truste
 for that project, a bridge `incusbr-<uid>` (here with an explicit IPv4 subnet), and the
 project's default profile (root disk on the chosen pool, eth0 on that bridge, raw.idmap when
 /etc/subuid and /etc/subgid delegate the user's ids to root). It also adds those `root:<id>:1`
-delegations. Every step is idempotent.
+delegations and makes the administrator's images (coi-base, coi) usable in the project, which
+has images of its own (`copy_images`). Every step is idempotent.
 
 Automatic subnets come from SUBNET_RANGE (10.218.0.0/16), one /24 per user, starting at
 index uid % 256 and taking the first /24 that overlaps neither an Incus network nor a route in
