@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from coi.launcher.config import LoadedConfig, flag_overrides, load_config
+from coi.launcher.errors import UsageError
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import warn
 from coi.launcher.session.hostint import HostIntegration, plan_for_client
@@ -135,6 +136,19 @@ class HostFlags:
     network: NetworkChoice | str | None = None
 
 
+def network_flag(value: NetworkChoice | str | None) -> str | None:
+    """The --network value as a config value; UsageError for anything but the three modes."""
+    if value is None:
+        return None
+    try:
+        return NetworkChoice(str(value).lower()).value
+    except ValueError:
+        raise UsageError(
+            f"--network {value!r} is not a network mode",
+            hint="use --network restricted, allowlist or open",
+        ) from None
+
+
 def load_for_session(workspace: Path, flags: HostFlags) -> LoadedConfig:
     """Load the configuration layers of `workspace` with `flags` on top; print the warnings."""
     parse_env(flags.env)  # the same UsageError for a bad -e as without a config
@@ -155,7 +169,7 @@ def load_for_session(workspace: Path, flags: HostFlags) -> LoadedConfig:
         limit_disk_max=flags.limit_disk_max,
         limit_processes=flags.limit_processes,
         limit_duration=flags.limit_duration,
-        network=None if flags.network is None else str(NetworkChoice(flags.network).value),
+        network=network_flag(flags.network),
     )
     loaded = load_config(workspace, profile=flags.profile, cli_overrides=overrides)
     for warning in loaded.warnings:

@@ -279,3 +279,14 @@ def test_helper_client_type_is_the_default_factory() -> None:
 
     default = inspect.signature(network_hook).parameters["helper"].default
     assert default is HelperClient
+
+
+def test_network_flag_values() -> None:
+    from coi.launcher.cli.run_options import NetworkChoice, network_flag
+    from coi.launcher.errors import UsageError
+
+    assert network_flag(None) is None
+    assert network_flag(NetworkChoice.ALLOWLIST) == "allowlist"
+    assert network_flag("OPEN") == "open"
+    with pytest.raises(UsageError, match="is not a network mode"):
+        network_flag("blocked")
