@@ -30,10 +30,11 @@ from coi.launcher.cli.run_options import (
     LimitProcessesOpt,
     LimitSwapOpt,
     MountOpt,
+    NetworkOpt,
     ProfileOpt,
     SshAgentOpt,
     WritableHooksOpt,
-    sandbox_request,
+    session_request,
 )
 from coi.launcher.config import Config, flag_overrides, load_config
 from coi.launcher.errors import SessionError, UsageError
@@ -41,6 +42,7 @@ from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import Progress
 from coi.launcher.session import manage
 from coi.launcher.session.naming import check_slot
+from coi.launcher.session.network import context_lines
 from coi.launcher.session.sandbox import resolve_workspace
 from coi.launcher.session.shell import (
     DEFAULT_SYNC_SECONDS,
@@ -98,15 +100,13 @@ def sync_seconds() -> float:
         raise UsageError(f"COI_SESSION_SYNC_SECONDS={raw!r} is not a number") from None
 
 
-def session_config(
-    workspace: Path, flags: HostFlags, *, tool: str | None, network: str | None, monitor: bool
-) -> Config:
-    """The configuration a session runs with: the host flags plus --tool/--network/--monitor.
+def session_config(workspace: Path, flags: HostFlags, *, tool: str | None, monitor: bool) -> Config:
+    """The configuration a session runs with: the host flags plus --tool and --monitor.
 
-    Warnings are printed by `sandbox_request`, which loads the same layers.
+    Warnings are printed by `session_request`, which loads the same layers.
     """
     overrides = flag_overrides(
-        network=network,
+        network=None if flags.network is None else str(flags.network),
         monitor=monitor,
         tool=tool,
         persistent=flags.persistent,
@@ -141,9 +141,7 @@ def shell(
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE inside (repeatable).")
     ] = None,
     mount: MountOpt = None,
-    network: Annotated[
-        str | None, typer.Option("--network", help="restricted | allowlist | open.")
-    ] = None,
+    network: NetworkOpt = None,
     ssh_agent: SshAgentOpt = False,
     forward_env: ForwardEnvOpt = None,
     monitor: Annotated[bool, typer.Option("--monitor", help="Enable threat monitoring.")] = False,
@@ -189,12 +187,13 @@ def shell(
         limit_disk_max=limit_disk_max,
         limit_processes=limit_processes,
         limit_duration=limit_duration,
+        network=network,
     )
     ws = resolve_workspace(workspace)
-    config = session_config(ws, flags, tool=tool, network=network, monitor=monitor)
+    config = session_config(ws, flags, tool=tool, monitor=monitor)
     spec = resolve_tool(config.tool.name)
     client = IncusClient.connect()
-    sandbox, plan = sandbox_request(client, ws, flags, slot=slot)
+    sandbox, plan, session_net = session_request(client, ws, flags, slot=slot)
     request = ShellRequest(
         sandbox=sandbox,
         tool=spec,
@@ -208,6 +207,7 @@ def shell(
         protected_paths=plan.protected_paths,
         ssh_agent=plan.ssh_agent,
         host_notes=tuple(plan.describe()),
+        network_lines=tuple(context_lines(session_net)),
         sync_seconds=sync_seconds(),
     )
     raise typer.Exit(run_shell(client, request, Progress()))

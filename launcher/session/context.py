@@ -40,6 +40,7 @@ class SandboxContext:
     protected_paths: Sequence[str] = ()
     ssh_agent: bool = False
     notes: Sequence[str] = ()  # further lines from the host integration (mounts, identity)
+    network_lines: Sequence[str] = ()  # Markdown list lines of the network engine, if any
 
     def render(self) -> str:
         """The Markdown text of the context file."""
@@ -57,6 +58,11 @@ class SandboxContext:
         }.get(self.network_mode, self.network_mode)
         limits = ", ".join(f"{k} {v}" for k, v in sorted(self.limits.items()) if v) or "none set"
         protected = ", ".join(self.protected_paths) or "none"
+        network_text = (
+            "".join(f"{line}\n" for line in self.network_lines)
+            if self.network_lines
+            else f"- Network: {self.network_mode} ({network}).\n"
+        )
         return (
             "# Sandbox context\n\n"
             f"You are running inside an isolated Incus container ({self.container}, slot "
@@ -65,9 +71,7 @@ class SandboxContext:
             "changes there are the user's real files.\n"
             "- User: `code` (uid 1000) with passwordless sudo inside the container; install "
             "what you need with `sudo apt-get install`, `npm`, `pip`.\n"
-            f"- Persistence: {persistence}.\n"
-            f"- Network: {self.network_mode} ({network}).\n"
-            f"- Resource limits: {limits}.\n"
+            f"- Persistence: {persistence}.\n" + network_text + f"- Resource limits: {limits}.\n"
             f"- Protected (read-only) workspace paths: {protected}.\n"
             f"- SSH agent: {'forwarded (keys stay on the host)' if self.ssh_agent else 'none'}.\n"
             "- Nothing else from the user's host home directory is available here.\n"

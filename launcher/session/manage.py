@@ -14,12 +14,14 @@ from coi.launcher.incus.client import IncusClient
 from coi.launcher.incus.types import InstanceInfo
 from coi.launcher.progress import Progress, warn
 from coi.launcher.session.naming import container_name, container_prefix
+from coi.launcher.session.network import remove_orphan_policies
 from coi.launcher.session.sandbox import KEY_OWNER, KEY_PERSISTENT, KEY_SLOT, KEY_WORKSPACE
 from coi.launcher.session.shell import (
     KEY_IMAGE,
     KEY_SESSION,
     KEY_TOOL,
     TMUX_SESSION,
+    drop_network_policy,
     run_as_code,
     save_state,
     session_of,
@@ -182,6 +184,7 @@ def shutdown(
                 progress.step(f"{name} did not stop in time; forcing it")
         progress.step(f"deleting {name}")
         client.remove_instance(name)
+        drop_network_policy(client, name)
 
 
 def kill(client: IncusClient, names: Sequence[str], progress: Progress) -> None:
@@ -189,6 +192,7 @@ def kill(client: IncusClient, names: Sequence[str], progress: Progress) -> None:
     for name in names:
         progress.step(f"killing {name}")
         client.remove_instance(name)
+        drop_network_policy(client, name)
 
 
 def persist(client: IncusClient, names: Sequence[str]) -> None:
@@ -232,6 +236,9 @@ def execute_clean(client: IncusClient, store: SessionStore, plan: CleanPlan) -> 
         client.remove_instance(name)
     for meta in plan.sessions:
         store.remove(meta)
+    if plan.containers:
+        # Also the policies of containers deleted without coi (the helper keeps them).
+        remove_orphan_policies(client)
 
 
 def _require_tmux(client: IncusClient, name: str) -> None:

@@ -39,6 +39,7 @@ from coi.launcher.session.context import (
     install_context,
     restore_state,
 )
+from coi.launcher.session.network import remove_network_policy
 from coi.launcher.session.phases import Teardown, phased
 from coi.launcher.session.sandbox import (
     CODE_UID,
@@ -98,6 +99,7 @@ class ShellRequest:
     protected_paths: Sequence[str] = ()
     ssh_agent: bool = False
     host_notes: Sequence[str] = ()  # what the host integration set up, for the context file
+    network_lines: Sequence[str] = ()  # the network engine's lines for the context file
     host_home: Path = field(default_factory=Path.home)
     sync_seconds: float = DEFAULT_SYNC_SECONDS
 
@@ -120,6 +122,14 @@ def update_instance_config(client: IncusClient, name: str, changes: Mapping[str,
         response.raise_for_status()
     except Exception as exc:  # pylxd/requests errors: report as one sentence
         raise IncusError(f"updating the configuration of {name}: {exc}") from exc
+
+
+def drop_network_policy(client: IncusClient, name: str) -> None:
+    """Remove a deleted container's network policy (warn, never fail: it is already gone)."""
+    try:
+        remove_network_policy(None, name, client.project)
+    except CoiError as exc:
+        warn(f"{exc}; `coi clean` retries")
 
 
 def run_as_code(client: IncusClient, name: str, argv: Sequence[str]) -> tuple[int, str]:
@@ -315,6 +325,8 @@ def conclude(
         )
         if release is not None:
             release()
+        else:
+            drop_network_policy(client, name)
         return 1
     code = 0
     if outcome is Outcome.POWERED_OFF:
@@ -348,6 +360,7 @@ def conclude(
         release()
     elif not persistent:
         client.remove_instance(name)
+        drop_network_policy(client, name)
     if saved:
         say(f"coi: session {meta.id} saved; `coi shell --resume` continues it")
     return code
@@ -421,6 +434,7 @@ def _prepare(
             protected_paths=request.protected_paths,
             ssh_agent=request.ssh_agent,
             notes=request.host_notes,
+            network_lines=request.network_lines,
         ),
     )
 

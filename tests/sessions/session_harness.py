@@ -47,6 +47,7 @@ workspace = _harness.workspace
 from run_harness import COI, UnixUser, incus_names, sh  # noqa: E402
 
 PREFIX = "coi-test-sess-"
+NO_HELPER = "/run/coi/coit-sess-no-helper.sock"
 FAKE_IMAGE = "coi-test-fakeagent"
 FAKE_SCRIPT = HERE / "fakeagent-image.sh"
 CREDENTIAL = "fake-token-for-tests"
@@ -130,6 +131,9 @@ class SessionCoi:
             "COI_CONTAINER_PREFIX": PREFIX,
             "COI_SESSION_SYNC_SECONDS": self.sync_seconds,
             "COI_PROGRESS": "1",
+            # Sessions here run with --network open and no helper: network enforcement has
+            # its own tests (tests/netsession), and these must not depend on a helper's state.
+            "COI_HELPER_SOCKET": NO_HELPER,
         }
 
     def argv(self, args: Sequence[str]) -> list[str]:

@@ -11,7 +11,7 @@ from session_harness import FAKE_IMAGE, SessionCoi, UnixUser, ws_containers
 
 pytestmark = [pytest.mark.integration]
 
-SHELL = ("shell", "--tool", "fakeagent", "--image", FAKE_IMAGE)
+SHELL = ("shell", "--tool", "fakeagent", "--image", FAKE_IMAGE, "--network", "open")
 
 
 def error_line(stderr: str) -> str:
@@ -94,7 +94,7 @@ def test_unknown_tool_lists_the_known(scoi: SessionCoi, no_leftovers: None) -> N
 def test_tool_binary_missing_says_rebuild(
     scoi: SessionCoi, workspace: Path, no_leftovers: None
 ) -> None:
-    result = scoi("shell", "--tool", "aider", "--image", FAKE_IMAGE, "--background")
+    result = scoi(*SHELL[:2], "aider", *SHELL[3:], "--background")
     assert result.returncode == 1
     assert "needs the command 'aider', which is not in image" in error_line(result.stderr)
     assert "coi build" in result.stderr

@@ -11,7 +11,7 @@ from session_harness import FAKE_IMAGE, SessionCoi, UnixUser, ws_containers
 
 pytestmark = [pytest.mark.integration]
 
-SHELL = ("shell", "--tool", "fakeagent", "--image", FAKE_IMAGE)
+SHELL = ("shell", "--tool", "fakeagent", "--image", FAKE_IMAGE, "--network", "open")
 
 
 def _start_background(scoi: SessionCoi, *extra: str) -> str:

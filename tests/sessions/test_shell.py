@@ -23,7 +23,7 @@ from session_harness import (
 
 pytestmark = [pytest.mark.integration]
 
-SHELL = ("shell", "--tool", "fakeagent", "--image", FAKE_IMAGE)
+SHELL = ("shell", "--tool", "fakeagent", "--image", FAKE_IMAGE, "--network", "open")
 
 
 def prompt(child: pexpect.spawn) -> None:
