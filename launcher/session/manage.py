@@ -238,7 +238,10 @@ def execute_clean(client: IncusClient, store: SessionStore, plan: CleanPlan) -> 
         store.remove(meta)
     if plan.containers:
         # Also the policies of containers deleted without coi (the helper keeps them).
-        remove_orphan_policies(client)
+        try:
+            remove_orphan_policies(client)
+        except CoiError as exc:
+            warn(f"could not remove orphaned network policies: {exc}")
 
 
 def _require_tmux(client: IncusClient, name: str) -> None:
