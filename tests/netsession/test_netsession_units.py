@@ -238,8 +238,17 @@ def test_refusal_fails_closed_with_one_sentence(error: CoiError, cause: str) -> 
     assert incus.stopped == []
 
 
-def test_open_needs_no_helper(teardown: Teardown) -> None:
-    helper = FakeHelper(fail=HelperNotRunning("helper not running"))
+@pytest.mark.parametrize(
+    "error",
+    [HelperNotRunning("helper not running"), HelperNotAuthorised("not authorised: polkit")],
+)
+def test_open_needs_no_helper(teardown: Teardown, error: CoiError) -> None:
+    class Refusing(FakeHelper):
+        def remove_network_policy(self, instance: str, project: str) -> bool:
+            super().remove_network_policy(instance, project)
+            raise error
+
+    helper = Refusing()
     _hook("open", helper)(FakeIncus(), "c1", teardown)
     assert [c[0] for c in helper.calls] == ["remove"]  # a stale policy dropped if possible
 
