@@ -93,13 +93,16 @@ def check_restricted_disk_path(
 
     Incus allows disk devices only under the project's restricted.devices.disk.paths (the
     user's home for incus-user projects). Both the path as given and its target after
-    symlinks must lie there, so a link in the home does not lead elsewhere. `what` names the
+    symlinks must lie there (the allowed path itself may be a link, e.g. a home under a
+    linked /home), so a link in the home does not lead elsewhere. `what` names the
     path in the error ("workspace", "mount source", ...).
     """
     paths = [p for p in (allowed if allowed is not None else [_home_of(host_uid)]) if p]
     given = os.path.normpath(str(workspace))
     real = os.path.realpath(given)
-    if paths and all(any(_under(p, a) for a in paths) for p in (given, real)):
+    # Like Incus: the path as given lies under an allowed path, and what it resolves to lies
+    # beneath that path resolved (Incus opens it with RESOLVE_BENEATH when the disk starts).
+    if any(_under(given, a) and _under(real, os.path.realpath(a)) for a in paths):
         return
     where = ", ".join(paths) or "no path at all"
     shown = given if given == real else f"{given} (-> {real})"

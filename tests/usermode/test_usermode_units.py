@@ -84,3 +84,14 @@ def test_the_error_names_what_was_refused(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match=r"^mount source .* is outside") as err:
         check_restricted_disk_path(tmp_path, 1234, ["/nowhere"], what="mount source")
     assert err.value.hint and err.value.hint.startswith("put the mount source under")
+
+
+def test_a_linked_home_still_allows_its_own_tree(tmp_path: Path) -> None:
+    real_home = tmp_path / "data" / "u"
+    (real_home / "ws").mkdir(parents=True)
+    (tmp_path / "home").symlink_to(tmp_path / "data")
+    linked = tmp_path / "home" / "u"
+    check_restricted_disk_path(linked / "ws", 1234, [str(linked)])
+    # The resolved path is not the allowed path as written: Incus refuses that form too.
+    with pytest.raises(WorkspaceError):
+        check_restricted_disk_path(real_home / "ws", 1234, [str(linked)])
