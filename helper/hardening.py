@@ -61,8 +61,10 @@ CAP_NAMES = [
 CAP_NET_ADMIN = CAP_NAMES.index("net_admin")
 # What the helper keeps. A feature that proves it needs more adds it here, with the reason.
 KEEP = (CAP_NET_ADMIN,)
-# What programs executed by the helper inherit (ambient, a subset of KEEP); none so far.
-AMBIENT: tuple[int, ...] = ()
+# What programs executed by the helper inherit (ambient, a subset of KEEP).
+# Ambient CAP_NET_ADMIN: the allowlist resolvers (dnsmasq --nftset) the helper starts need it
+# after exec; nothing else is inherited (the bounding set holds only CAP_NET_ADMIN anyway).
+AMBIENT: tuple[int, ...] = (CAP_NET_ADMIN,)
 
 PR_SET_DUMPABLE = 4
 PR_GET_SECUREBITS = 27

@@ -31,6 +31,7 @@ from coi.launcher.images.build import (
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import Progress
 from coi.launcher.session.naming import check_slot
+from coi.launcher.session.network import network_isolation_check
 from coi.launcher.session.run import run_command
 
 
@@ -110,6 +111,7 @@ def run(
     limit_disk_max: ro.LimitDiskMaxOpt = None,
     limit_processes: ro.LimitProcessesOpt = None,
     limit_duration: ro.LimitDurationOpt = None,
+    network: ro.NetworkOpt = None,
 ) -> None:
     """Run one command in a fresh sandbox and exit with its exit code.
 
@@ -136,6 +138,7 @@ def run(
         limit_disk_max=limit_disk_max,
         limit_processes=limit_processes,
         limit_duration=limit_duration,
+        network=network,
     )
     check_slot(slot)
     client = IncusClient.connect()
@@ -238,7 +241,7 @@ def health(
 
     Exit code: 0 healthy, 1 degraded (warnings), 2 unhealthy.
     """
-    report = run_checks()
+    report = run_checks(extra=[network_isolation_check])
     if fmt is OutputFormat.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
