@@ -68,6 +68,8 @@ def _connect(client: IncusClient, op_id: str, secret: str) -> ClientConnection:
             close_timeout=2,
             # Incus answers pings only on streams it reads; output streams would time out.
             ping_interval=None,
+            # The connection outlives this function (pumps, control channel): direct return.
+            legacy=True,
         )
     except (OSError, TimeoutError) as exc:
         raise IncusError(f"cannot attach to the command's streams: {exc}") from exc
