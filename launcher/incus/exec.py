@@ -200,22 +200,34 @@ class ExecSession:
                 ws.close()
 
 
+def _feed(fd: int, data: bytes) -> None:
+    try:
+        with open(fd, "wb", closefd=True) as pipe:
+            pipe.write(data)
+    except OSError:
+        return
+
+
 def run_captured(
     client: IncusClient, instance: str, request: ExecRequest, stdin: bytes = b""
 ) -> tuple[int, bytes, bytes]:
-    """Run a command to completion and return (exit code, stdout, stderr)."""
+    """Run a command to completion and return (exit code, stdout, stderr).
+
+    `stdin` is fed through a pipe by a writer thread, so any size works.
+    """
     out: list[bytes] = []
     err: list[bytes] = []
     session = ExecSession.start(client, instance, request)
+    read_fd: int | None = None
     try:
         if stdin:
-            r, w = os.pipe()
-            os.write(w, stdin)
-            os.close(w)
-            session.pump(r, out.append, err.append)
-        else:
-            session.pump(None, out.append, err.append)
+            read_fd, write_fd = os.pipe()
+            threading.Thread(target=_feed, args=(write_fd, stdin), daemon=True).start()
+        session.pump(read_fd, out.append, err.append)
         code = session.wait()
     finally:
         session.close()
+        if read_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(read_fd)
     return code, b"".join(out), b"".join(err)
