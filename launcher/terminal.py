@@ -22,6 +22,7 @@ from typing import Any
 from coi.launcher.errors import IncusError
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.incus.exec import ExecRequest, ExecSession
+from coi.launcher.session.phases import signals_blocked
 
 
 def terminal_size(fd: int = 1) -> tuple[int, int]:
@@ -111,7 +112,9 @@ class TerminalExec(ExecSession):
     @classmethod
     def open(cls, client: IncusClient, instance: str, request: ExecRequest) -> TerminalExec:
         """Start an interactive `request` (see `ExecSession.start`)."""
-        session = cls.start(client, instance, request)
+        # Not interruptible half-way (see `exec_as_code` in coi.launcher.session.context).
+        with signals_blocked():
+            session = cls.start(client, instance, request)
         assert isinstance(session, TerminalExec)
         return session
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from coi.launcher.errors import IncusError, SessionError
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.incus.exec import ExecRequest, ExecSession
+from coi.launcher.session.phases import signals_blocked
 from coi.launcher.session.sandbox import CODE_HOME, CODE_UID
 from coi.launcher.session.tools import ToolSpec
 
@@ -114,15 +115,19 @@ def exec_as_code(
     # has already exited is then sent by the pump thread, which tolerates a closed stream.
     out: list[bytes] = []
     err: list[bytes] = []
-    session = ExecSession.start(client, name, request)
-    read_fd, write_fd = os.pipe()
-    try:
-        with os.fdopen(write_fd, "wb") as feed:
-            session.pump(read_fd, out.append, err.append)
-            feed.write(stdin)
-        code = session.wait()
-    finally:
-        session.close()
+    # Ctrl-C/SIGTERM wait until this short command is done: an interrupt in the middle of
+    # an exec's websocket setup left Incus' operations API blocked until coi exited, which
+    # hung the teardown that follows an interrupt.
+    with signals_blocked():
+        session = ExecSession.start(client, name, request)
+        read_fd, write_fd = os.pipe()
+        try:
+            with os.fdopen(write_fd, "wb") as feed:
+                session.pump(read_fd, out.append, err.append)
+                feed.write(stdin)
+            code = session.wait()
+        finally:
+            session.close()
     # read_fd stays open: the pump thread may not have read its end-of-input yet, and a
     # closed number could be reused by another thread's file. It is freed when coi exits.
     return code, b"".join(out), b"".join(err)

@@ -132,6 +132,14 @@ def drop_network_policy(client: IncusClient, name: str) -> None:
         warn(f"{exc}; `coi clean` retries")
 
 
+def fresh_connections(client: IncusClient) -> None:
+    """Drop the client's pooled HTTP connections (new requests open new ones)."""
+    # IncusClient has no reset yet; like update_instance_config, this goes below it.
+    api: Any = client._api
+    with contextlib.suppress(Exception):
+        api.session.close()
+
+
 def run_as_code(client: IncusClient, name: str, argv: Sequence[str]) -> tuple[int, str]:
     """Run a short command as `code`; (exit code, stdout+stderr text)."""
     code, out, err = exec_as_code(client, name, argv)
@@ -378,7 +386,9 @@ def _start_tool(client: IncusClient, sandbox: Sandbox, request: ShellRequest, re
     env = sandbox.base_environment({**request.tool.env, **request.sandbox.env})
     width, height = terminal_size()
     script = (
-        f'rm -f {EXIT_FILE} {SCREEN_FILE}; "$@"; rc=$?; '
+        # `trap :` (a handler, reset on exec) keeps this wrapper alive when Ctrl-C ends the
+        # tool, so the exit code is still recorded; the tool itself gets the default action.
+        f'trap : INT; rm -f {EXIT_FILE} {SCREEN_FILE}; "$@"; rc=$?; '
         f"[ $rc -eq 0 ] || tmux capture-pane -p > {SCREEN_FILE}; echo $rc > {EXIT_FILE}"
     )
     command = [
@@ -439,15 +449,80 @@ def _prepare(
     )
 
 
-def _existing_meta(
-    client: IncusClient, sandbox: Sandbox, store: SessionStore, request: ShellRequest
-) -> SessionMeta | None:
-    info = client.instance(sandbox.name)
-    session_id = info.config.get(KEY_SESSION, "") if info else ""
-    try:
-        return store.find(session_id) if session_id else None
-    except UsageError:
-        return None
+def _open_session(
+    client: IncusClient,
+    request: ShellRequest,
+    store: SessionStore,
+    resumed: SessionMeta | None,
+    teardown: Teardown,
+    progress: Progress,
+) -> tuple[Sandbox, SessionMeta]:
+    """Create or reuse the container and start the tool in tmux (or find it running)."""
+    spec = request.tool
+    session_id = new_session_id()
+    sandbox_request = replace(
+        request.sandbox,
+        incus_ephemeral=False,
+        config={
+            **request.sandbox.config,
+            KEY_SESSION: session_id,
+            KEY_TOOL: spec.name,
+            KEY_IMAGE: request.sandbox.image,
+        },
+    )
+    sandbox = open_sandbox(client, sandbox_request, teardown, progress)
+    if not sandbox.created and tmux_running(client, sandbox.name):
+        progress.step(f"rejoining the running session in {sandbox.name}")
+        return sandbox, session_of(client, sandbox.name, store)[1]
+    if not sandbox.created:
+        update_instance_config(client, sandbox.name, {KEY_SESSION: session_id, KEY_TOOL: spec.name})
+    meta = SessionMeta(
+        id=session_id,
+        tool=spec.name,
+        workspace=str(sandbox.workspace),
+        slot=sandbox.slot,
+        container=sandbox.name,
+        image=request.sandbox.image,
+        persistent=sandbox.persistent,
+        started_at=now_iso(),
+        resumed_from=resumed.id if resumed else "",
+    )
+    _prepare(client, sandbox, request, store, resumed, progress)
+    progress.step(f"starting {'bash' if request.debug else spec.name} in {sandbox.name}")
+    _start_tool(client, sandbox, request, resume=resumed is not None)
+    store.write_meta(meta)
+    return sandbox, meta
+
+
+def _attach_and_conclude(
+    client: IncusClient,
+    sandbox: Sandbox,
+    request: ShellRequest,
+    store: SessionStore,
+    meta: SessionMeta,
+    teardown: Teardown,
+    progress: Progress,
+) -> int:
+    """Bridge the terminal until the attach ends, then finish the session accordingly."""
+    spec, name = request.tool, sandbox.name
+    # SIGTERM while attached: the session data is saved before the teardown removes things.
+    teardown.push("save session data", lambda: save_state(client, name, spec, store, meta))
+    # An IncusError from the attach means the container went away: classify() says so.
+    with (
+        PeriodicSave(client, name, spec, store, meta, request.sync_seconds) as sync,
+        contextlib.suppress(IncusError, Hangup),
+    ):
+        attach_terminal(client, name)
+    teardown.discard("save session data")
+    outcome = classify(client, name)
+    if outcome is Outcome.DETACHED:
+        return conclude(client, name, outcome, spec, store, sync.meta, progress=progress)
+    info = client.instance(name)
+    if info is not None and info.config.get(KEY_PERSISTENT) == "true":
+        teardown.discard(f"remove container {name}")
+    return conclude(
+        client, name, outcome, spec, store, sync.meta, release=teardown.run, progress=progress
+    )
 
 
 def run_shell(client: IncusClient, request: ShellRequest, progress: Progress | None = None) -> int:
@@ -460,88 +535,32 @@ def run_shell(client: IncusClient, request: ShellRequest, progress: Progress | N
         )
     store = SessionStore.default()
     workspace = resolve_workspace(request.sandbox.workspace)
-    spec = request.tool
+    request = replace(request, sandbox=replace(request.sandbox, workspace=workspace))
     resumed = (
-        store.resolve_resume(workspace, spec.name, request.resume)
+        store.resolve_resume(workspace, request.tool.name, request.resume)
         if request.resume is not None
         else None
     )
-    session_id = new_session_id()
     teardown = Teardown()
     with phased(teardown, on_failure_only=True):
-        sandbox_request = replace(
-            request.sandbox,
-            workspace=workspace,
-            incus_ephemeral=False,
-            config={
-                **request.sandbox.config,
-                KEY_SESSION: session_id,
-                KEY_TOOL: spec.name,
-                KEY_IMAGE: request.sandbox.image,
-            },
-        )
-        sandbox = open_sandbox(client, sandbox_request, teardown, progress)
-        meta = None
-        if not sandbox.created and tmux_running(client, sandbox.name):
-            meta = _existing_meta(client, sandbox, store, request)
-            progress.step(f"rejoining the running session in {sandbox.name}")
-        if meta is None:
-            if not sandbox.created:
-                update_instance_config(
-                    client, sandbox.name, {KEY_SESSION: session_id, KEY_TOOL: spec.name}
+        try:
+            sandbox, meta = _open_session(client, request, store, resumed, teardown, progress)
+            if not request.background:
+                return _attach_and_conclude(
+                    client, sandbox, request, store, meta, teardown, progress
                 )
-            meta = SessionMeta(
-                id=session_id,
-                tool=spec.name,
-                workspace=str(workspace),
-                slot=sandbox.slot,
-                container=sandbox.name,
-                image=request.sandbox.image,
-                persistent=sandbox.persistent,
-                started_at=now_iso(),
-                resumed_from=resumed.id if resumed else "",
-            )
-            _prepare(client, sandbox, request, store, resumed, progress)
-            progress.step(f"starting {'bash' if request.debug else spec.name} in {sandbox.name}")
-            _start_tool(client, sandbox, request, resume=resumed is not None)
-            store.write_meta(meta)
-        if request.background:
             store.write_meta(meta.with_(status="detached"))
             print(sandbox.name)
-            print(
-                f"coi: {spec.name} runs in the background in {sandbox.name}; "
-                f"`coi attach {sandbox.name}` connects to it",
-                file=sys.stderr,
+            say(
+                f"coi: {request.tool.name} runs in the background in {sandbox.name}; "
+                f"`coi attach {sandbox.name}` connects to it"
             )
             return 0
-        started = meta
-        teardown.push(
-            "save session data", lambda: save_state(client, sandbox.name, spec, store, started)
-        )
-        # An IncusError from the attach means the container went away: classify() says so.
-        with (
-            PeriodicSave(client, sandbox.name, spec, store, started, request.sync_seconds) as sync,
-            contextlib.suppress(IncusError, Hangup),
-        ):
-            attach_terminal(client, sandbox.name)
-        meta = sync.meta
-        teardown.discard("save session data")
-        outcome = classify(client, sandbox.name)
-        if outcome is Outcome.DETACHED:
-            return conclude(client, sandbox.name, outcome, spec, store, meta, progress=progress)
-        info = client.instance(sandbox.name)
-        if info is not None and info.config.get(KEY_PERSISTENT) == "true":
-            teardown.discard(f"remove container {sandbox.name}")
-        return conclude(
-            client,
-            sandbox.name,
-            outcome,
-            spec,
-            store,
-            meta,
-            release=teardown.run,
-            progress=progress,
-        )
+        except BaseException:
+            # An interrupt may have cut an HTTP exchange with Incus in half; the teardown
+            # must not wait on that connection (it would hang).
+            fresh_connections(client)
+            raise
 
 
 # ---------------------------------------------------------------------------- coi attach

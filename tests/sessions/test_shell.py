@@ -275,9 +275,10 @@ def _coi_pid(workspace: Path) -> int:
     raise AssertionError("coi process not found")
 
 
+# Ctrl-C before the attach interrupts coi (cooked mode); once attached (raw mode) it is a key
+# for the tool, so "attached" is interrupted by SIGTERM instead.
 @pytest.mark.parametrize(
-    "when",
-    ["creating container", "waiting for the container's network", "starting fakeagent", "attached"],
+    "when", ["creating container", "waiting for the container's network", "attached"]
 )
 def test_terminal_restored_after_interrupt(
     scoi: SessionCoi, workspace: Path, no_leftovers: None, when: str
@@ -313,9 +314,20 @@ def test_terminal_hangup_detaches(scoi: SessionCoi, workspace: Path, no_leftover
     assert finish(child) == 0
     (name,) = ws_containers(workspace)
     assert "survives-hangup" in scoi("tmux", "capture", name).stdout
-    child = scoi.spawn("attach")
+    child = scoi.spawn("attach", name)
     child.sendline("run cat ~/.fakeagent/notes")
     child.expect_exact("survives-hangup")
     prompt(child)
     child.sendline("exit 0")
     assert finish(child) == 0
+
+
+def test_ctrl_c_while_attached_goes_to_the_tool(
+    scoi: SessionCoi, workspace: Path, no_leftovers: None
+) -> None:
+    child = scoi.spawn(*SHELL)
+    prompt(child)
+    child.sendcontrol("c")  # raw mode: a byte for the pty inside, SIGINT for fakeagent there
+    assert finish(child) == 130
+    assert "fakeagent exited with code 130" in str(child.logfile_read)
+    assert ws_containers(workspace) == []
