@@ -132,14 +132,6 @@ def drop_network_policy(client: IncusClient, name: str) -> None:
         warn(f"{exc}; `coi clean` retries")
 
 
-def fresh_connections(client: IncusClient) -> None:
-    """Drop the client's pooled HTTP connections (new requests open new ones)."""
-    # IncusClient has no reset yet; like update_instance_config, this goes below it.
-    api: Any = client._api
-    with contextlib.suppress(Exception):
-        api.session.close()
-
-
 def run_as_code(client: IncusClient, name: str, argv: Sequence[str]) -> tuple[int, str]:
     """Run a short command as `code`; (exit code, stdout+stderr text)."""
     code, out, err = exec_as_code(client, name, argv)
@@ -543,24 +535,16 @@ def run_shell(client: IncusClient, request: ShellRequest, progress: Progress | N
     )
     teardown = Teardown()
     with phased(teardown, on_failure_only=True):
-        try:
-            sandbox, meta = _open_session(client, request, store, resumed, teardown, progress)
-            if not request.background:
-                return _attach_and_conclude(
-                    client, sandbox, request, store, meta, teardown, progress
-                )
-            store.write_meta(meta.with_(status="detached"))
-            print(sandbox.name)
-            say(
-                f"coi: {request.tool.name} runs in the background in {sandbox.name}; "
-                f"`coi attach {sandbox.name}` connects to it"
-            )
-            return 0
-        except BaseException:
-            # An interrupt may have cut an HTTP exchange with Incus in half; the teardown
-            # must not wait on that connection (it would hang).
-            fresh_connections(client)
-            raise
+        sandbox, meta = _open_session(client, request, store, resumed, teardown, progress)
+        if not request.background:
+            return _attach_and_conclude(client, sandbox, request, store, meta, teardown, progress)
+        store.write_meta(meta.with_(status="detached"))
+        print(sandbox.name)
+        say(
+            f"coi: {request.tool.name} runs in the background in {sandbox.name}; "
+            f"`coi attach {sandbox.name}` connects to it"
+        )
+        return 0
 
 
 # ---------------------------------------------------------------------------- coi attach
