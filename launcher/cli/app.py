@@ -17,6 +17,8 @@ import typer
 from coi.launcher import __version__
 from coi.launcher.cli import run_options as ro
 from coi.launcher.cli.config_cmd import config_app
+from coi.launcher.cli.session_cmds import default_to_shell
+from coi.launcher.cli.session_cmds import register as register_sessions
 from coi.launcher.cli.trust_cmd import trust, untrust
 from coi.launcher.errors import CoiError
 from coi.launcher.health.checks import Status, run_checks
@@ -266,6 +268,7 @@ def version(fmt: FormatOpt = OutputFormat.text) -> None:
         print(f"coi {__version__}")
 
 
+register_sessions(app)
 app.add_typer(config_app, name="config")
 app.command("trust")(trust)
 app.command("untrust")(untrust)
@@ -283,8 +286,15 @@ def main() -> None:
     Typer (standalone mode) handles usage errors (exit 2) and `typer.Exit`; launcher errors
     arrive here as `CoiError` and become one sentence plus a hint.
     """
+    sys.argv[1:] = default_to_shell(sys.argv[1:])  # bare `coi` (or only options) = `coi shell`
     try:
         app()
     except CoiError as err:
         _render_error(err)
         sys.exit(err.exit_code)
+    except SystemExit as exc:
+        # Typer turns a Ctrl-C outside coi's own phases (nothing set up yet) into a silent
+        # exit 130; say what happened.
+        if exc.code == 130:
+            print("coi: interrupted", file=sys.stderr)
+        raise

@@ -213,6 +213,23 @@ class IncusClient:
         op = self.create_instance_async(spec)
         self.wait_operation(op, f"creating container {spec.name}")
 
+    def update_instance(
+        self,
+        name: str,
+        *,
+        devices: Mapping[str, Mapping[str, str]] | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        """PATCH a container: `devices` replaces the named devices, `config` keys are merged
+        (an empty value removes the key)."""
+        body: dict[str, Any] = {}
+        if devices is not None:
+            body["devices"] = {k: dict(v) for k, v in devices.items()}
+        if config is not None:
+            body["config"] = dict(config)
+        what = f"updating container {name}"
+        self.wait_operation(self._async("patch", f"instances/{name}", body, what), what)
+
     def set_state(self, name: str, action: str, *, force: bool = False, timeout: int = 30) -> None:
         """start / stop / restart / freeze / unfreeze a container and wait."""
         body = {"action": action, "force": force, "timeout": timeout}

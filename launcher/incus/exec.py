@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from coi.launcher.errors import IncusError
 from coi.launcher.incus.client import IncusClient
 
 Sink = Callable[[bytes], None]
+_DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -123,18 +125,25 @@ class ExecSession:
     @classmethod
     def start(cls, client: IncusClient, instance: str, request: ExecRequest) -> ExecSession:
         """Start `request` in `instance` and connect all its websockets."""
-        op_id, secrets = client.exec_start(instance, request.to_api())
-        sockets: dict[str, ClientConnection] = {}
+        # Signals wait until every stream is connected: an interrupt between the exec request
+        # and its websockets leaves Incus waiting for the missing connections, and its
+        # operations API unresponsive, until this process exits.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
         try:
-            # Incus starts the command only once every websocket is connected.
-            order = ["control", *sorted(k for k in secrets if k != "control")]
-            for key in order:
-                if key in secrets:
-                    sockets[key] = _connect(client, op_id, secrets[key])
-        except BaseException:
-            for ws in sockets.values():
-                ws.close()
-            raise
+            op_id, secrets = client.exec_start(instance, request.to_api())
+            sockets: dict[str, ClientConnection] = {}
+            try:
+                # Incus starts the command only once every websocket is connected.
+                order = ["control", *sorted(k for k in secrets if k != "control")]
+                for key in order:
+                    if key in secrets:
+                        sockets[key] = _connect(client, op_id, secrets[key])
+            except BaseException:
+                for ws in sockets.values():
+                    ws.close()
+                raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return cls(client, op_id, sockets)
 
     def _spawn(self, target: Callable[..., None], *args: Any) -> None:
@@ -152,7 +161,9 @@ class ExecSession:
             self._spawn(_pump_out, self._sockets["1"], stdout)
             self._spawn(_pump_out, self._sockets["2"], stderr or stdout)
             if stdin_fd is None:
-                main.send("")
+                # A fast command may have ended and closed its streams already.
+                with contextlib.suppress(ConnectionClosed, OSError):
+                    main.send("")
             else:
                 # Not joined: a read blocked on a terminal must not hold up the exit.
                 threading.Thread(

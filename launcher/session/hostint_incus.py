@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from coi.launcher.errors import IncusError
 from coi.launcher.incus.client import IncusClient
@@ -28,15 +27,7 @@ def update_instance(
 ) -> None:
     """PATCH a container: `devices` replaces the named devices, `config` keys are merged
     (an empty value removes the key)."""
-    body: dict[str, Any] = {}
-    if devices is not None:
-        body["devices"] = {k: dict(v) for k, v in devices.items()}
-    if config is not None:
-        body["config"] = dict(config)
-    what = f"updating container {name}"
-    # The seam has no update call yet (lead: move this into IncusClient.update_instance).
-    op = client._async("patch", f"instances/{name}", body, what)
-    client.wait_operation(op, what)
+    client.update_instance(name, devices=devices, config=config)
 
 
 def run_as_root(client: IncusClient, name: str, command: list[str]) -> tuple[int, str]:

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from coi.launcher.errors import CoiError, IncusError, SessionError, UsageError
 from coi.launcher.incus.client import IncusClient
@@ -115,13 +114,7 @@ class Outcome(StrEnum):
 
 def update_instance_config(client: IncusClient, name: str, changes: Mapping[str, str]) -> None:
     """Set config keys on an existing container (PATCH keeps the other keys)."""
-    # IncusClient has no config update yet; this is the one place that goes below it.
-    api: Any = client._api
-    try:
-        response = api.instances[name].patch(json={"config": dict(changes)})
-        response.raise_for_status()
-    except Exception as exc:  # pylxd/requests errors: report as one sentence
-        raise IncusError(f"updating the configuration of {name}: {exc}") from exc
+    client.update_instance(name, config=changes)
 
 
 def drop_network_policy(client: IncusClient, name: str) -> None:

@@ -102,11 +102,6 @@ def fake_tool(run_user: UnixUser, fake_image: str) -> str:
     return "fakeagent"
 
 
-def _coi_has_sessions() -> bool:
-    result = subprocess.run([COI, "shell", "--help"], capture_output=True, text=True)
-    return result.returncode == 0
-
-
 class SessionCoi:
     """Runs the real `coi` as the test user, in a pipe or on a pseudo-terminal."""
 
@@ -114,11 +109,7 @@ class SessionCoi:
         self.user = user
         self.workspace = workspace
         self.sync_seconds = "2"
-        # Until the lead registers the session commands in app.py, run the same app with
-        # them registered (tests/sessions/coi_sessions.py); afterwards the real script.
-        self.program = (
-            [COI] if _coi_has_sessions() else [sys.executable, str(HERE / "coi_sessions.py")]
-        )
+        self.program = [COI]
 
     def env(self) -> dict[str, str]:
         return {

@@ -269,7 +269,7 @@ def _coi_pid(workspace: Path) -> int:
         except OSError:
             continue
         program = cmdline[0].rsplit(b"/", 1)[-1]
-        is_coi = any(a.endswith((b"/coi", b"coi_sessions.py")) for a in cmdline)
+        is_coi = any(a.endswith(b"/coi") for a in cmdline)
         if cwd == str(workspace) and is_coi and program not in (b"setpriv", b"env"):
             return int(entry.name)
     raise AssertionError("coi process not found")
