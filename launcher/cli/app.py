@@ -6,6 +6,7 @@ as one sentence plus a hint, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from enum import StrEnum
@@ -292,6 +293,12 @@ def main() -> None:
     except CoiError as err:
         _render_error(err)
         sys.exit(err.exit_code)
+    except OSError as exc:
+        # E.g. a full disk while writing a log or session data: one sentence, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = "free some space and retry" if exc.errno == errno.ENOSPC else None
+        _render_error(CoiError(f"{exc.strerror or exc}{where}", hint=hint))
+        sys.exit(1)
     except SystemExit as exc:
         # Typer turns a Ctrl-C outside coi's own phases (nothing set up yet) into a silent
         # exit 130; say what happened.
