@@ -10,6 +10,7 @@ from __future__ import annotations
 import grp
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from coi.helper import __version__
 from coi.helper.authz import Authorizer, DecisionCache
@@ -38,12 +39,15 @@ from coi.helper.policy import Policy
 from coi.helper.server import ServerLimits
 from coi.helper.service import Contribution, MethodSpec, Service
 
+if TYPE_CHECKING:
+    from coi.helper.stager import Stager
+
 ADMIN_GROUP = "incus-admin"
 
 # Feature packages add methods without editing this file: each module named here (if it exists)
 # defines `helper_methods(app: HelperApp) -> list[Contribution]`; the interface lines of those
 # methods live in org.codeonincus.Helper.varlink like all others.
-EXTENSIONS = ("coi.helper.network.ipc", "coi.helper.monitor.ipc")
+EXTENSIONS = ("coi.helper.network.ipc", "coi.helper.monitor.ipc", "coi.helper.guard_ipc")
 
 
 def user_project(uid: int) -> str:
@@ -99,6 +103,8 @@ class HelperApp:
         bounds: Bounds | None = None,
         admin_group: str = ADMIN_GROUP,
         extensions: tuple[str, ...] = EXTENSIONS,
+        stager: Stager | None = None,
+        stager_error: str = "",
     ) -> None:
         self.policy = policy
         self.authorizer = authorizer
@@ -108,6 +114,10 @@ class HelperApp:
         self.bounds = bounds or Bounds()
         self.admin_gid = group_id(admin_group)
         self.extensions = extensions
+        # The child that makes locked workspace mounts (coi.helper.stager); None if it
+        # did not start, `stager_error` then says why.
+        self.stager = stager
+        self.stager_error = stager_error
 
     def is_admin(self, peer: PeerIdentity) -> bool:
         """True for root and for processes holding the incus-admin group."""

@@ -82,6 +82,8 @@ class Features:
     polkit_pidfd_subject: bool
     capabilities: list[str]
     no_new_privs: bool
+    workspace_guard: bool = False
+    stager_capabilities: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

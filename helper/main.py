@@ -30,6 +30,7 @@ from coi.helper.server import Server, ServerLimits
 
 if TYPE_CHECKING:
     from coi.helper.app import HelperApp
+    from coi.helper.stager import Stager
 
 log = logging.getLogger("coi.helper")
 
@@ -130,6 +131,33 @@ def reconcile_network(app: HelperApp) -> None:
         )
 
 
+def start_guard(disabled: bool, incus_socket: str) -> tuple[Stager | None, str]:
+    """Start the stager (see coi.helper.stager); (None, why) if it cannot run: the helper
+    then serves everything else and reports workspace_guard false."""
+    if disabled:
+        return None, "disabled with --no-stager"
+    from coi.helper.stager import StagerError, start_stager
+
+    try:
+        return start_stager(incus_socket=incus_socket), ""
+    except StagerError as exc:
+        log.warning("locked workspaces unavailable: %s", exc)
+        return None, str(exc)
+
+
+def reconcile_guard(app: HelperApp) -> None:
+    """Once at start: remove the stages of containers that no longer exist (logged, not fatal)."""
+    from coi.helper.guard_ipc import reconcile_stages
+
+    try:
+        removed = reconcile_stages(app)
+    except Exception as exc:  # any failure here must not stop the helper
+        log.warning("stage reconcile at start failed: %s", exc)
+        return
+    if removed:
+        log.info("stage reconcile: removed %s", ", ".join(removed))
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the helper until idle or signalled."""
     if os.geteuid() != 0:
@@ -158,6 +186,10 @@ def serve(args: argparse.Namespace) -> int:
     polkit_up = polkit is not None and polkit.available()
     peer_pidfd = kernel_has_peer_pidfd()
 
+    # Privilege separation: the stager child keeps CAP_SYS_ADMIN for locked workspace mounts
+    # (coi.helper.stager); this process never holds it. Forked before any thread exists.
+    stager, stager_error = start_guard(args.no_stager, args.incus_socket)
+
     # From here on: CAP_NET_ADMIN only. Everything needing more is done above.
     try:
         caps = drop_privileges()
@@ -175,6 +207,8 @@ def serve(args: argparse.Namespace) -> int:
         and polkit.version >= PIDFD_SUBJECT_VERSION,
         capabilities=cap_names(caps.effective),
         no_new_privs=caps.no_new_privs,
+        workspace_guard=stager is not None,
+        stager_capabilities=stager.capabilities if stager is not None else [],
     )
     app = HelperApp(
         policy=policy,
@@ -182,9 +216,12 @@ def serve(args: argparse.Namespace) -> int:
         instances=PylxdInstances(args.incus_socket),
         features=features,
         limits=ServerLimits(),
+        stager=stager,
+        stager_error=stager_error,
     )
     server = Server(listener, app.service(), app.context, app.limits, idle, use_pidfd=peer_pidfd)
     reconcile_network(app)
+    reconcile_guard(app)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         server.stop()
@@ -260,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--bus", default="SYSTEM", help="D-Bus address of polkit's bus (default: the system bus)"
     )
     s.add_argument("--no-polkit", action="store_true", help="serve only root (no polkit)")
+    s.add_argument(
+        "--no-stager",
+        action="store_true",
+        help="do not start the stager (no locked workspaces: StageWorkspace is unavailable)",
+    )
     s.add_argument(
         "--no-polkit-autostart",
         action="store_true",

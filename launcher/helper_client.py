@@ -71,6 +71,14 @@ class HelperContractMismatch(HelperError):
     """The running helper speaks a different version of the interface."""
 
 
+class HelperWorkspaceRefused(HelperError):
+    """The helper refused to stage the workspace (ownership, symlinks, paths)."""
+
+
+class HelperGuardUnavailable(HelperError):
+    """The helper runs without its stager: no locked workspaces."""
+
+
 # ----------------------------------------------------------------- network wire types
 # The launcher's typed view of the network methods (the helper keeps its own server-side
 # copies); `_contract_checked` proves both against the interface text, so they cannot drift.
@@ -183,6 +191,28 @@ _NETWORK_TYPES: dict[str, tuple[type, type]] = {
     "ListNetworkPolicies": (_NoParams, _PoliciesOut),
     "ReadCounters": (_InstanceRef, _CountersOut),
 }
+
+
+@dataclass(frozen=True)
+class _StageIn:
+    instance: str
+    project: str
+    workspace: str
+    protected: list[str]
+    secrets: list[str]
+
+
+@dataclass(frozen=True)
+class _StageOut:
+    stage: str
+
+
+_GUARD_TYPES: dict[str, tuple[type, type]] = {
+    "StageWorkspace": (_StageIn, _StageOut),
+    "UnstageWorkspace": (_InstanceRef, _RemovedOut),
+}
+_WORKSPACE_REFUSED = f"{INTERFACE}.WorkspaceRefused"
+_GUARD_UNAVAILABLE = f"{INTERFACE}.WorkspaceGuardUnavailable"
 _INVALID_POLICY = f"{INTERFACE}.InvalidPolicy"
 _NETWORK_SETUP_FAILED = f"{INTERFACE}.NetworkSetupFailed"
 
@@ -191,7 +221,7 @@ _NETWORK_SETUP_FAILED = f"{INTERFACE}.NetworkSetupFailed"
 def _contract_checked() -> bool:
     check_contract()
     iface = helper_interface()
-    for name, (tin, tout) in _NETWORK_TYPES.items():
+    for name, (tin, tout) in (_NETWORK_TYPES | _GUARD_TYPES).items():
         method = iface.methods[name]
         check_dataclass(iface, method.input, tin, f"{name} input")
         check_dataclass(iface, method.output, tout, f"{name} output")
@@ -242,6 +272,21 @@ def _translate(exc: VarlinkError, what: str) -> HelperError:
         )
     if exc.name == _NETWORK_SETUP_FAILED:
         return HelperRequestError(f"the helper could not set up the network: {p.get('reason')}")
+    if exc.name == _WORKSPACE_REFUSED:
+        return HelperWorkspaceRefused(
+            f"the helper refused to build the locked workspace: {p.get('reason')}"
+        )
+    if exc.name == _GUARD_UNAVAILABLE:
+        return HelperGuardUnavailable(
+            f"the helper cannot build locked workspaces: {p.get('reason')}"
+        )
+    if exc.name == Err.METHOD_NOT_IMPLEMENTED and str(p.get("method", "")).endswith(
+        ("StageWorkspace", "UnstageWorkspace")
+    ):
+        return HelperGuardUnavailable(
+            "the helper runs without its stager: no locked workspaces "
+            "(its GetInfo reports workspace_guard false; its log says why)"
+        )
     if exc.name in (Err.METHOD_NOT_FOUND, Err.METHOD_NOT_IMPLEMENTED):
         # An older helper still running after an upgrade knows the name but not the method.
         return HelperContractMismatch(
@@ -359,6 +404,23 @@ class HelperClient:
     def read_counters(self, instance: str, project: str) -> NetworkCounters:
         """A container's traffic counters."""
         return self.call("ReadCounters", _InstanceRef(instance, project), _CountersOut).counters
+
+    def stage_workspace(
+        self,
+        instance: str,
+        project: str,
+        workspace: str,
+        protected: list[str],
+        secrets: list[str],
+    ) -> str:
+        """Have the helper build the locked workspace of one of the caller's containers over
+        a workspace the caller owns; the path to use as the workspace device's source."""
+        params = _StageIn(instance, project, workspace, list(protected), list(secrets))
+        return self.call("StageWorkspace", params, _StageOut).stage
+
+    def unstage_workspace(self, instance: str, project: str) -> bool:
+        """Remove a container's locked workspace; False if it had none (idempotent)."""
+        return self.call("UnstageWorkspace", _InstanceRef(instance, project), _RemovedOut).removed
 
     def verify_server_contract(self) -> None:
         """Raise HelperContractMismatch unless the helper serves exactly our interface text."""

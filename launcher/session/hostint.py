@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -31,7 +32,8 @@ from pathlib import Path, PurePosixPath
 
 from coi.launcher.config.limits import describe_limits, incus_limits, resource_limits
 from coi.launcher.config.model import Config
-from coi.launcher.errors import SessionError
+from coi.launcher.errors import HelperError, SessionError
+from coi.launcher.helper_client import HelperClient
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import warn
 from coi.launcher.session import hostint_watch as watch
@@ -129,6 +131,7 @@ def plan_host_integration(
     restricted_project: bool = False,
     idmapped_mounts: bool = True,
     stage_root: Path | None = None,
+    helper_guard: HelperGuard | None = None,
     environ: Mapping[str, str] | None = None,
     git_identity: GitIdentity | None = None,
 ) -> HostIntegration:
@@ -137,7 +140,8 @@ def plan_host_integration(
     `restricted_project`/`idmapped_mounts` describe the Incus endpoint (as for the workspace
     mount) so extra mounts get the same ownership mapping. `stage_root`, when given, is a
     directory where root builds the locked workspace tree (the caller must be root there,
-    e.g. the helper); without it protected paths are plain read-only devices. `environ`
+    e.g. coi run as root); without it, `helper_guard` has coi-helper build that tree, and
+    without either protected paths are plain read-only devices. `environ`
     (default ``os.environ``) is where forwarded variables and ``SSH_AUTH_SOCK`` are read;
     `git_identity` defaults to the host's git config. Problems that do not stop the session
     are appended to `warnings`.
@@ -160,7 +164,7 @@ def plan_host_integration(
         for spec in config.mounts.default:
             check_restricted_disk_path(spec.host, host_uid)
     _plan_mounts(plan, config, shift)
-    _plan_protection(plan, config, workspace, shift, stage_root, warnings)
+    _plan_protection(plan, config, workspace, shift, stage_root, helper_guard, warnings)
     _plan_env(plan, config, environ, warnings)
     if restricted_project and config.ssh.forward_agent:
         # Restricted (incus-user) projects block proxy devices, and must: a proxy device
@@ -315,6 +319,7 @@ def _plan_protection(
     workspace: Path,
     shift: bool,
     stage_root: Path | None,
+    helper_guard: HelperGuard | None,
     warnings: list[str],
 ) -> None:
     protected: list[PurePosixPath] = []
@@ -367,27 +372,43 @@ def _plan_protection(
         plan.lines.append("protection: locked mounts (root in the sandbox cannot remove them)")
         return
     # Not a warning on every run: `describe` (coi info, SANDBOX_CONTEXT.md) states it.
-    plan.lines.append(
+    weak_line = (
         "protection: read-only mounts; root in the sandbox (sudo) could unmount them "
         "(the locked workspace built by root on the host closes this)"
     )
+    plan.lines.append(
+        "protection: locked mounts built by coi-helper (root in the sandbox cannot remove them)"
+        if helper_guard is not None
+        else weak_line
+    )
+    weak: dict[str, dict[str, str]] = {}
     for index, rel in enumerate(anchors_of([*protected, *secrets])):
         # Ancestors as mountpoints: a mountpoint cannot be renamed, so `.git` cannot be moved
         # aside with its read-only hooks and replaced by a writable copy.
-        plan.devices[f"coi-anchor-{index}"] = _disk(
+        weak[f"coi-anchor-{index}"] = _disk(
             workspace / rel, _inside(rel), readonly=False, shift=shift
         )
     for index, rel in enumerate(protected):
-        plan.devices[f"coi-protect-{index}"] = _disk(
+        weak[f"coi-protect-{index}"] = _disk(
             workspace / rel, _inside(rel), readonly=True, shift=shift
         )
     for index, rel in enumerate(secrets):
         source = _user_empty_source((workspace / rel).is_dir())
-        plan.devices[f"coi-secret-{index}"] = _disk(
-            source, _inside(rel), readonly=True, shift=False
-        )
+        weak[f"coi-secret-{index}"] = _disk(source, _inside(rel), readonly=True, shift=False)
     if protected:
         plan.before_start.append(_tamper_check(workspace, protected))
+    if helper_guard is None:
+        plan.devices.update(weak)
+        return
+    # The read-only devices are what the sandbox gets if the helper refuses (with a warning).
+    stage = StagePlan(
+        workspace=workspace,
+        stage=Path(),
+        anchors=(),
+        protected=tuple(protected),
+        secrets=tuple(secrets),
+    )
+    plan.before_start.append(_use_helper_stage(helper_guard, stage, shift, plan, weak, weak_line))
 
 
 def _hard_linked(workspace: Path, protected: list[PurePosixPath]) -> list[PurePosixPath]:
@@ -481,6 +502,90 @@ def _use_stage(stage: StagePlan, shift: bool) -> BeforeStart:
         update_instance(client, name, devices=devices)
 
     return hook
+
+
+@dataclass(frozen=True)
+class HelperGuard:
+    """coi-helper builds the locked workspace (launcher not root): where and for which project.
+
+    `in_home`: the caller is not an Incus admin (incus-user project), so the helper mounts the
+    stage over a directory the launcher creates at `mountpoint(name)` in the home
+    (restricted projects accept disk sources only there).
+    """
+
+    project: str
+    in_home: bool
+    socket: str | None = None
+    home: Path = field(default_factory=lambda: Path(pwd.getpwuid(os.getuid()).pw_dir))
+
+    def mountpoint(self, name: str) -> Path:
+        """The directory in the home the helper mounts the stage of `name` over."""
+        return self.home / ".coi-stage" / name
+
+
+def _use_helper_stage(
+    guard: HelperGuard,
+    stage: StagePlan,
+    shift: bool,
+    plan: HostIntegration,
+    weak: Mapping[str, Mapping[str, str]],
+    weak_line: str,
+) -> BeforeStart:
+    """Ask coi-helper for the stage and point the workspace device at it (recursive bind);
+    if the helper refuses, add the plain read-only devices `weak` instead and warn."""
+
+    def hook(client: IncusClient, name: str, teardown: Teardown) -> None:
+        mountpoint = guard.mountpoint(name) if guard.in_home else None
+        if mountpoint is not None:
+            # The helper's stager holds no DAC capability: it must be able to search the
+            # parent (not list it); the mountpoint itself stays the user's own.
+            mountpoint.parent.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(mountpoint.parent, 0o711)
+            mountpoint.mkdir(mode=0o700, exist_ok=True)
+            teardown.push(f"remove the stage mountpoint of {name}", lambda: _rmdir(mountpoint))
+        try:
+            with HelperClient(guard.socket) as helper:
+                with contextlib.suppress(HelperError):
+                    helper.unstage_workspace(name, guard.project)  # left by a crashed session
+                source = helper.stage_workspace(
+                    name,
+                    guard.project,
+                    str(stage.workspace),
+                    [str(p) for p in stage.protected],
+                    [str(p) for p in stage.secrets],
+                )
+        except HelperError as exc:
+            warn(
+                f"{exc}; protected paths are plain read-only mounts that root in the sandbox "
+                "could unmount"
+            )
+            plan.lines[:] = [
+                weak_line if line.startswith("protection: locked") else line for line in plan.lines
+            ]
+            update_instance(client, name, devices=weak)
+            return
+
+        def unstage() -> None:
+            with HelperClient(guard.socket) as helper:
+                helper.unstage_workspace(name, guard.project)
+
+        teardown.push(f"remove the protected workspace of {name}", unstage)
+        devices = local_devices(client, name)
+        workspace = dict(devices.get("workspace") or {})
+        if not workspace:
+            raise SessionError(f"container {name} has no workspace device to protect")
+        workspace.update(source=source, recursive="true")
+        if shift:
+            workspace["shift"] = "true"
+        devices["workspace"] = workspace
+        update_instance(client, name, devices=devices)
+
+    return hook
+
+
+def _rmdir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only if empty, i.e. nothing is mounted on it any more
 
 
 # ---------------------------------------------------------------------------- credentials
@@ -590,8 +695,16 @@ def plan_for_client(
     stage_root: Path | None = None,
     environ: Mapping[str, str] | None = None,
     git_identity: GitIdentity | None = None,
+    use_helper: bool = True,
 ) -> HostIntegration:
-    """`plan_host_integration` for the calling user and the endpoint `client` talks to."""
+    """`plan_host_integration` for the calling user and the endpoint `client` talks to.
+
+    Without `stage_root`, not root and with `use_helper`, the locked workspace is built by
+    coi-helper when it runs with its stager (`helper_guard_for`).
+    """
+    guard = None
+    if stage_root is None and use_helper and os.geteuid() != 0:
+        guard = helper_guard_for(client.project, admin=client.endpoint.mode != "user")
     return plan_host_integration(
         config,
         workspace,
@@ -601,9 +714,22 @@ def plan_for_client(
         restricted_project=client.endpoint.mode == "user",
         idmapped_mounts=client.server_info().idmapped_mounts,
         stage_root=stage_root,
+        helper_guard=guard,
         environ=environ,
         git_identity=git_identity,
     )
+
+
+def helper_guard_for(project: str, *, admin: bool) -> HelperGuard | None:
+    """A `HelperGuard` if coi-helper answers and reports `workspace_guard` (else None: the
+    read-only devices, as stated in `describe`)."""
+    try:
+        with HelperClient(timeout=3.0) as helper:
+            if not helper.get_info().features.workspace_guard:
+                return None
+    except HelperError:
+        return None
+    return HelperGuard(project=project, in_home=not admin)
 
 
 _LIMIT_LABELS = {

@@ -28,9 +28,11 @@ path or its parents, hard links (EXDEV across mounts), ``..`` paths and reopenin
 ``/proc/self/fd`` (tests/hostint/test_protected_paths.py).
 
 Building the stage needs root on the host (mount(2) in the host's mount namespace):
-`build_stage` is meant for the privileged helper; the unprivileged launcher alone falls back
-to plain read-only devices (see `coi.launcher.session.hostint`), which stop the agent only
-as long as it does not use root's umount. Paths are opened component by component with
+``coi run`` as root calls `build_stage` itself; for other users coi-helper's stager child
+(`coi.helper.stager`, CAP_SYS_ADMIN only) does, after `stage_for_caller` checked the request.
+Without a helper that can, the launcher falls back to plain read-only devices (see
+`coi.launcher.session.hostint`), which stop the agent only as long as it does not use
+root's umount. Paths are opened component by component with
 ``O_NOFOLLOW`` and mounted through ``/proc/self/fd``, so a symlink planted in the workspace
 cannot redirect a root-made mount to another host directory.
 """
@@ -74,6 +76,12 @@ class StagePlan:
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
+def check_container_name(container: str) -> None:
+    """Raise `SessionError` unless `container` is a container name (it becomes a path part)."""
+    if not _NAME_RE.match(container):
+        raise SessionError(f"{container!r} is not a container name")
+
+
 def stage_for_caller(
     base: Path,
     *,
@@ -89,8 +97,7 @@ def stage_for_caller(
     relative paths must stay inside it; the stage lives at ``base/<uid>/<container>``.
     Raises `SessionError` naming what is wrong.
     """
-    if not _NAME_RE.match(container):
-        raise SessionError(f"{container!r} is not a container name")
+    check_container_name(container)
     if not workspace.is_absolute() or os.path.realpath(workspace) != str(workspace):
         raise SessionError(f"workspace {workspace} must be an absolute path without symlinks")
     try:
@@ -168,18 +175,40 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def build_stage(plan: StagePlan) -> None:
+def open_directory_nofollow(path: Path, owner: int | None = None) -> int:
+    """Open the absolute directory `path` as an O_PATH fd, walking from ``/`` without
+    following any symlink in any component; with `owner`, it must belong to that uid.
+
+    The fd, not the path, is what gets mounted: a component swapped for a symlink after a
+    check cannot redirect a root-made mount to another directory. Raises `SessionError`.
+    """
+    if not path.is_absolute():
+        raise SessionError(f"{path} is not an absolute path")
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = _open_beneath(root, PurePosixPath(*path.parts[1:])) if path.parts[1:] else os.dup(root)
+    finally:
+        os.close(root)
+    info = os.fstat(fd)
+    if not stat.S_ISDIR(info.st_mode) or (owner is not None and info.st_uid != owner):
+        os.close(fd)
+        raise SessionError(f"{path} is not a directory owned by uid {owner}")
+    return fd
+
+
+def build_stage(plan: StagePlan, owner: int | None = None) -> None:
     """Build the stage tree (needs root in the host's mount namespace).
 
+    With `owner`, the workspace must be a directory of that uid (checked on the opened fd).
     On failure everything mounted so far is removed again and `SessionError` is raised.
     """
-    plan.stage.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # The stage exposes the workspace: only root (incusd) may walk into it, whatever the
-    # modes of the user's own directories are.
-    os.chmod(plan.stage.parent, 0o700)
-    os.chmod(plan.stage, 0o700)
-    ws_fd = os.open(plan.workspace, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    ws_fd = open_directory_nofollow(plan.workspace, owner)
     try:
+        plan.stage.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The stage exposes the workspace: only root (incusd) may walk into it, whatever the
+        # modes of the user's own directories are.
+        os.chmod(plan.stage.parent, 0o700)
+        os.chmod(plan.stage, 0o700)
         _mount(_fd_path(ws_fd), str(plan.stage), MS_BIND)
     finally:
         os.close(ws_fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import subprocess
 import sys
 import time
@@ -158,10 +159,8 @@ def unix_user(name: str) -> UnixUser:
     return UnixUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
 
-def coi_as(
-    user: UnixUser, *args: str, cwd: Path, extra_env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the real `coi` console script as `user` with a clean environment (+ `extra_env`)."""
+def as_user(user: UnixUser, extra_env: Mapping[str, str] | None = None) -> list[str]:
+    """The argv prefix that runs a command as `user` with a clean environment (+ `extra_env`)."""
     env = {
         "PATH": f"{Path(COI).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(user.home),
@@ -170,7 +169,7 @@ def coi_as(
         "COI_CONTAINER_PREFIX": PREFIX,
         **(extra_env or {}),
     }
-    argv = [
+    return [
         "setpriv",
         f"--reuid={user.uid}",
         f"--regid={user.gid}",
@@ -179,7 +178,64 @@ def coi_as(
         "--",
         "/usr/bin/env",
         *[f"{k}={v}" for k, v in env.items()],
-        COI,
-        *args,
     ]
+
+
+def coi_as(
+    user: UnixUser, *args: str, cwd: Path, extra_env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `coi` console script as `user` with a clean environment (+ `extra_env`)."""
+    argv = [*as_user(user, extra_env), COI, *args]
     return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+# A real coi-helper started by a test (tests/hostint/test_helper_guard.py).
+HELPER_BIN = str(Path(COI).with_name("coi-helper"))
+
+
+def user_env(user: UnixUser, socket: str) -> list[str]:
+    """`as_user` with the helper socket `socket`."""
+    return as_user(user, {"COI_HELPER_SOCKET": socket})
+
+
+class HelperProcess:
+    """A real coi-helper on a temporary socket (ended by its pid at the end)."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(directory, 0o755)
+        self.socket = str(directory / "helper.sock")
+        self.log = directory / "helper.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [HELPER_BIN, "-v", "serve", "--socket", self.socket, *extra],
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 30
+        while "coi-helper ready" not in self.log.read_text():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.1)
+
+    @property
+    def stager_pid(self) -> int:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        pids = [int(p) for p in children.split()]
+        assert len(pids) == 1, pids
+        return pids[0]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def helper_dir() -> Path:
+    # The socket must be reachable by the test users: pytest's base temp is 0700 root.
+    path = Path("/tmp") / f"coit-hostint-guard-{os.getpid()}"
+    path.mkdir(mode=0o755, exist_ok=True)
+    return path

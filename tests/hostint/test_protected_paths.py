@@ -37,6 +37,29 @@ def snapshot(root: Path) -> dict[str, str]:
     return result
 
 
+PROTECTED = (
+    ".git/hooks",
+    ".git/config",
+    ".git/commondir",
+    ".git/worktrees",
+    ".git/modules",
+    ".vscode",
+    ".husky",
+    ".env",
+    "secrets",
+)
+
+
+def protected_changes(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    """Paths below the protected and secret paths of `make_repo` that differ in the snapshots."""
+    return {
+        k
+        for k in set(before) | set(after)
+        if before.get(k) != after.get(k)
+        if any(k == p or k.startswith(p + "/") for p in PROTECTED)
+    }
+
+
 def make_repo(ws: Path, owner: int = 1000) -> None:
     subprocess.run(["git", "init", "-q", str(ws)], check=True)
     (ws / ".git/hooks/pre-commit").write_text("#!/bin/sh\nexit 0\n")
@@ -115,24 +138,7 @@ def test_root_in_the_container_cannot_change_protected_paths(
     assert len(results) >= 40, results
     succeeded = sorted(name for name, verdict in results.items() if verdict != "failed")
     assert succeeded == [], f"bypasses that worked: {succeeded}"
-    after = snapshot(host_ws)
-    protected = (
-        ".git/hooks",
-        ".git/config",
-        ".git/commondir",
-        ".git/worktrees",
-        ".git/modules",
-        ".vscode",
-        ".husky",
-        ".env",
-        "secrets",
-    )
-    changed = {
-        k
-        for k in set(before) | set(after)
-        if before.get(k) != after.get(k)
-        if any(k == p or k.startswith(p + "/") for p in protected)
-    }
+    changed = protected_changes(before, snapshot(host_ws))
     assert changed == set(), f"protected files changed on the host: {changed}"
     assert (host_ws / ".git/hooks/pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
     assert (host_ws / ".env").read_text() == "SECRET=hunter2\n"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostint_harness import COI, PREFIX, UnixUser, unix_user
+from hostint_harness import COI, HelperProcess, UnixUser, as_user, helper_dir, unix_user
 
 pytestmark = pytest.mark.integration
 
@@ -74,29 +74,30 @@ def user_ws() -> Iterator[tuple[UnixUser, Path, Path]]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def helper_without_stager() -> Iterator[HelperProcess]:
+    """A helper that serves the network but cannot build locked workspaces."""
+    helper = HelperProcess(helper_dir() / "no-stager-run", "--no-stager")
+    try:
+        yield helper
+    finally:
+        helper.stop()
+
+
 def test_unprivileged_run_gets_the_host_integration(
-    user_ws: tuple[UnixUser, Path, Path],
+    user_ws: tuple[UnixUser, Path, Path], helper_without_stager: HelperProcess
 ) -> None:
+    """Without a stager in the helper: plain read-only devices, and `describe` says so
+    (tests/hostint/test_helper_guard.py covers the helper's locked workspace)."""
     user, ws, data = user_ws
     python = str(Path(COI).with_name("python3"))
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(user.home),
-        "USER": user.name,
-        "LANG": "C.UTF-8",
-        "COI_CONTAINER_PREFIX": PREFIX,
+    extra = {
         "COIT_FWD": "forwarded",
         "COIT_OTHER": "not asked for",
+        "COI_HELPER_SOCKET": helper_without_stager.socket,
     }
     argv = [
-        "setpriv",
-        f"--reuid={user.uid}",
-        f"--regid={user.gid}",
-        "--init-groups",
-        "--reset-env",
-        "--",
-        "/usr/bin/env",
-        *[f"{k}={v}" for k, v in env.items()],
+        *as_user(user, extra),
         python,
         "-c",
         DRIVER,
