@@ -562,7 +562,14 @@ def _use_helper_stage(
             plan.lines[:] = [
                 weak_line if line.startswith("protection: locked") else line for line in plan.lines
             ]
-            update_instance(client, name, devices=weak)
+            devices = {key: dict(dev) for key, dev in weak.items()}
+            workspace = dict(local_devices(client, name).get("workspace") or {})
+            if workspace.get("recursive") == "true":
+                # A persistent container staged by an earlier session: back to the workspace.
+                workspace.pop("recursive")
+                workspace["source"] = str(stage.workspace)
+                devices["workspace"] = workspace
+            update_instance(client, name, devices=devices)
             return
 
         def unstage() -> None:

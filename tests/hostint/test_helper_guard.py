@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -141,13 +143,18 @@ def exec_in(client: IncusClient, name: str, argv: list[str], *, code: bool) -> t
     return rc, out.decode() + err.decode()
 
 
-@pytest.mark.parametrize("owned_ws", ["coit-run", "coit-uma"], indirect=True)
-def test_attacks_fail_on_a_workspace_staged_by_the_helper(
-    helper: HelperProcess, owned_ws: tuple[UnixUser, Path]
-) -> None:
-    user, ws = owned_ws
-    before = snapshot(ws)
-    argv = [*user_env(user, helper.socket), PYTHON, "-c", DRIVER, str(ws)]
+@dataclass
+class Session:
+    name: str
+    client: IncusClient
+    lines: list[str]
+    stderr: str = ""
+
+
+@contextmanager
+def user_session(user: UnixUser, ws: Path, socket: str) -> Iterator[Session]:
+    """`DRIVER` as `user`: the open sandbox until the block ends, then its teardown (checked)."""
+    argv = [*user_env(user, socket), PYTHON, "-c", DRIVER, str(ws)]
     proc = subprocess.Popen(
         argv,
         cwd=ws,
@@ -157,16 +164,37 @@ def test_attacks_fail_on_a_workspace_staged_by_the_helper(
         text=True,
     )
     assert proc.stdout is not None and proc.stdin is not None
-    lines = []
-    name = project = ""
+    lines: list[str] = []
+    session: Session | None = None
     try:
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
             if line.startswith("NAME "):
-                _, name, project = line.split()
                 break
-        assert name, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
-        client = IncusClient(IncusEndpoint(ADMIN_SOCKET, project, "admin"))
+        assert lines and lines[-1].startswith("NAME "), "\n".join(lines) + (
+            proc.stderr.read() if proc.stderr else ""
+        )
+        _, name, project = lines[-1].split()
+        session = Session(name, IncusClient(IncusEndpoint(ADMIN_SOCKET, project, "admin")), lines)
+        yield session
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        rest, err = proc.communicate(timeout=120)
+    if session is not None:
+        session.stderr = err
+    assert proc.returncode == 0, rest + err
+    assert "TEARDOWN []" in rest, rest + err
+
+
+@pytest.mark.parametrize("owned_ws", ["coit-run", "coit-uma"], indirect=True)
+def test_attacks_fail_on_a_workspace_staged_by_the_helper(
+    helper: HelperProcess, owned_ws: tuple[UnixUser, Path]
+) -> None:
+    user, ws = owned_ws
+    before = snapshot(ws)
+    with user_session(user, ws, helper.socket) as session:
+        name, client, lines = session.name, session.client, session.lines
         meta = client.get(f"instances/{name}")
         device = meta["devices"]["workspace"]
         assert device["recursive"] == "true", device
@@ -195,12 +223,6 @@ def test_attacks_fail_on_a_workspace_staged_by_the_helper(
         client.push_file(name, "/root/attacks.sh", ATTACKS.read_bytes(), mode=0o755)
         rc, out = exec_in(client, name, ["/root/attacks.sh"], code=False)
         assert rc == 0, out
-    finally:
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        rest, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, rest + err
-    assert "TEARDOWN []" in rest, rest + err
     results = {}
     for line in out.splitlines():
         if line.startswith("ATTACK "):
@@ -320,3 +342,27 @@ def test_stale_stages_are_removed_when_the_helper_starts(helper: HelperProcess) 
     finally:
         second.stop()
         shutil.rmtree(ws, ignore_errors=True)
+
+
+def test_a_workspace_the_stager_cannot_reach_falls_back_to_read_only_devices(
+    helper: HelperProcess,
+) -> None:
+    """A workspace below a directory only its owner may search (a 0700 home): the helper
+    refuses, the session still starts, with the plain read-only devices and a warning."""
+    run = unix_user("coit-run")
+    private = run.home / f"hostint-private-{os.getpid()}"
+    ws = private / "ws"
+    (ws / ".git/hooks").mkdir(parents=True)
+    subprocess.run(["chown", "-R", f"{run.uid}:{run.gid}", str(private)], check=True)
+    private.chmod(0o700)
+    try:
+        with user_session(run, ws, helper.socket) as session:
+            devices = session.client.get(f"instances/{session.name}")["devices"]
+            assert "recursive" not in devices["workspace"], devices
+            assert devices["workspace"]["source"] == str(ws)
+            assert devices["coi-protect-0"]["path"] == "/workspace/.git/hooks", devices
+            weak = "DESCRIBE protection: read-only mounts; root in the sandbox"
+            assert any(line.startswith(weak) for line in session.lines), session.lines
+        assert "the helper refused to build the locked workspace" in session.stderr
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
