@@ -140,8 +140,8 @@ def parse_request(data: bytes) -> tuple[str, StageRequest | tuple[int, str]]:
         raise StagerError("message too large")
     try:
         msg = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise StagerError("message is not JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise StagerError("message is not JSON (or nested too deeply)") from None
     if not isinstance(msg, dict):
         raise StagerError("message is not an object")
     op = msg.get("op")
