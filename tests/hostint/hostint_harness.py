@@ -7,8 +7,10 @@ In-process tests drive `open_sandbox` with a request built from `plan_host_integ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,6 +234,9 @@ class HelperProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        shutil.rmtree(self.log.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.log.parent.parent.rmdir()  # helper_dir(), once its last helper is gone
 
 
 def helper_dir() -> Path:
