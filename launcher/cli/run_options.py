@@ -174,7 +174,18 @@ def load_for_session(workspace: Path, flags: HostFlags) -> LoadedConfig:
     loaded = load_config(workspace, profile=flags.profile, cli_overrides=overrides)
     for warning in loaded.warnings:
         warn(str(warning))
+    warn_monitoring_unavailable(loaded.config.monitoring.enabled)
     return loaded
+
+
+def warn_monitoring_unavailable(enabled: bool) -> None:
+    """Threat monitoring is designed (config keys, profile) but not shipped yet: say so
+    instead of letting `--monitor` or `[monitoring] enabled` look like protection."""
+    if enabled:
+        warn(
+            "threat monitoring is not part of this version of coi: --monitor / "
+            "[monitoring] enabled has no effect yet (network isolation and protected paths do)"
+        )
 
 
 def sandbox_request(

@@ -35,6 +35,7 @@ from coi.launcher.cli.run_options import (
     SshAgentOpt,
     WritableHooksOpt,
     session_request,
+    warn_monitoring_unavailable,
 )
 from coi.launcher.config import Config, flag_overrides, load_config
 from coi.launcher.errors import SessionError, UsageError
@@ -144,7 +145,9 @@ def shell(
     network: NetworkOpt = None,
     ssh_agent: SshAgentOpt = False,
     forward_env: ForwardEnvOpt = None,
-    monitor: Annotated[bool, typer.Option("--monitor", help="Enable threat monitoring.")] = False,
+    monitor: Annotated[
+        bool, typer.Option("--monitor", help="Threat monitoring (not in this version yet: warns).")
+    ] = False,
     writable_git_hooks: WritableHooksOpt = False,
     limit_cpu: LimitCpuOpt = None,
     limit_cpu_allowance: LimitCpuAllowanceOpt = None,
@@ -191,6 +194,8 @@ def shell(
     )
     ws = resolve_workspace(workspace)
     config = session_config(ws, flags, tool=tool, monitor=monitor)
+    if monitor:  # the files' own setting is reported by session_request
+        warn_monitoring_unavailable(True)
     spec = resolve_tool(config.tool.name)
     client = IncusClient.connect()
     sandbox, plan, session_net = session_request(client, ws, flags, slot=slot)
