@@ -107,15 +107,6 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
-def _wait_ipv4(client: IncusClient, name: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.instance_state(name).ipv4:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def build_image(client: IncusClient, request: BuildRequest, progress: Progress) -> BuildResult:
     """Build `request.alias` from `request.base` by running the script as root inside."""
     started = time.monotonic()
@@ -140,7 +131,7 @@ def build_image(client: IncusClient, request: BuildRequest, progress: Progress) 
         client.create_instance(InstanceSpec(name=builder, image=request.base, ephemeral=False))
         client.set_state(builder, "start")
         progress.step("waiting for the build container's network")
-        if not _wait_ipv4(client, builder, 60):
+        if not client.wait_for_ipv4(builder, 60):
             raise ImageError(
                 f"build container {builder} got no IPv4 address within 60 s",
                 hint="check the bridge in the default profile (`coi health`)",

@@ -204,6 +204,15 @@ class IncusClient:
         """Status, addresses and host-side interface names of a container."""
         return InstanceState.from_api(self.get(f"instances/{name}/state"))
 
+    def wait_for_ipv4(self, name: str, timeout: float, interval: float = 0.1) -> bool:
+        """Poll until the container has a global IPv4 address; False after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.instance_state(name).ipv4:
+                return True
+            time.sleep(interval)
+        return False
+
     def create_instance_async(self, spec: InstanceSpec) -> str:
         """Start creating a container; returns the operation id to wait for."""
         return self._async("post", "instances", spec.to_api(), f"creating container {spec.name}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,15 +182,6 @@ def _remove_if_ours(client: IncusClient, name: str, nonce: str) -> None:
         client.remove_instance(name)
 
 
-def _wait_for_ipv4(client: IncusClient, name: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.instance_state(name).ipv4:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def open_sandbox(
     client: IncusClient, request: SandboxRequest, teardown: Teardown, progress: Progress
 ) -> Sandbox:
@@ -300,5 +290,5 @@ def _wait_network(
     if request.wait_for_network <= 0:
         return
     progress.step("waiting for the container's network")
-    if not _wait_for_ipv4(client, sandbox.name, request.wait_for_network):
+    if not client.wait_for_ipv4(sandbox.name, request.wait_for_network):
         warn(f"{sandbox.name} has no IPv4 address after {request.wait_for_network:.0f} s")
