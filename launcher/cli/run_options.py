@@ -134,6 +134,9 @@ class HostFlags:
     limit_processes: int | None = None
     limit_duration: str | None = None
     network: NetworkChoice | str | None = None
+    # `coi shell` only: --tool and --monitor.
+    tool: str | None = None
+    monitor: bool = False
 
 
 def network_flag(value: NetworkChoice | str | None) -> str | None:
@@ -170,6 +173,8 @@ def load_for_session(workspace: Path, flags: HostFlags) -> LoadedConfig:
         limit_processes=flags.limit_processes,
         limit_duration=flags.limit_duration,
         network=network_flag(flags.network),
+        tool=flags.tool,
+        monitor=flags.monitor,
     )
     loaded = load_config(workspace, profile=flags.profile, cli_overrides=overrides)
     for warning in loaded.warnings:
@@ -215,14 +220,17 @@ def session_request(
     *,
     slot: int = 0,
     wait_for_network: float = 20.0,
+    loaded: LoadedConfig | None = None,
 ) -> tuple[SandboxRequest, HostIntegration, SessionNetwork]:
     """`sandbox_request` plus the session's network mode and policy.
 
     The container's NIC gets a pinned host-side name and the helper's policy is applied before
     its first start (fail closed: restricted/allowlist sessions do not start without it).
+    `loaded` is the configuration when the caller loaded it already (`load_for_session`).
     """
     workspace = resolve_workspace(workspace)
-    loaded = load_for_session(workspace, flags)
+    if loaded is None:
+        loaded = load_for_session(workspace, flags)
     config = loaded.config
     warnings: list[str] = []
     # Only root can build the locked workspace on the host (the helper will do it for users);

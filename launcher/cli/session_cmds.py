@@ -34,10 +34,9 @@ from coi.launcher.cli.run_options import (
     ProfileOpt,
     SshAgentOpt,
     WritableHooksOpt,
+    load_for_session,
     session_request,
-    warn_monitoring_unavailable,
 )
-from coi.launcher.config import Config, flag_overrides, load_config
 from coi.launcher.errors import SessionError, UsageError
 from coi.launcher.incus.client import IncusClient
 from coi.launcher.progress import Progress
@@ -99,26 +98,6 @@ def sync_seconds() -> float:
         return float(raw) if raw else DEFAULT_SYNC_SECONDS
     except ValueError:
         raise UsageError(f"COI_SESSION_SYNC_SECONDS={raw!r} is not a number") from None
-
-
-def session_config(workspace: Path, flags: HostFlags, *, tool: str | None, monitor: bool) -> Config:
-    """The configuration a session runs with: the host flags plus --tool and --monitor.
-
-    Warnings are printed by `session_request`, which loads the same layers.
-    """
-    overrides = flag_overrides(
-        network=None if flags.network is None else str(flags.network),
-        monitor=monitor,
-        tool=tool,
-        persistent=flags.persistent,
-        image=flags.image,
-        env=flags.env,
-        mounts=flags.mounts,
-        forward_env=flags.forward_env,
-        ssh_agent=flags.ssh_agent,
-        writable_git_hooks=flags.writable_git_hooks,
-    )
-    return load_config(workspace, profile=flags.profile, cli_overrides=overrides).config
 
 
 def shell(
@@ -191,14 +170,15 @@ def shell(
         limit_processes=limit_processes,
         limit_duration=limit_duration,
         network=network,
+        tool=tool,
+        monitor=monitor,
     )
     ws = resolve_workspace(workspace)
-    config = session_config(ws, flags, tool=tool, monitor=monitor)
-    if monitor:  # the files' own setting is reported by session_request
-        warn_monitoring_unavailable(True)
+    loaded = load_for_session(ws, flags)
+    config = loaded.config
     spec = resolve_tool(config.tool.name)
     client = IncusClient.connect()
-    sandbox, plan, session_net = session_request(client, ws, flags, slot=slot)
+    sandbox, plan, session_net = session_request(client, ws, flags, slot=slot, loaded=loaded)
     request = ShellRequest(
         sandbox=sandbox,
         tool=spec,
